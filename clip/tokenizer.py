@@ -1,0 +1,46 @@
+"""CLIP's BPE tokenizer, through open_clip's implementation and its bundled vocabulary.
+
+The project ships no vocabulary of its own; the tokens equal ``open_clip.tokenize`` exactly.
+"""
+from functools import lru_cache
+
+import torch
+
+START_OF_TEXT = 49406
+END_OF_TEXT = 49407
+
+
+@lru_cache(maxsize=1)
+def _bpe():
+    # Imported lazily: open_clip pulls in several seconds of imports that most code paths never need.
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def tokenize(texts, context_length=77, truncate=False):
+    """Tokenize text(s) for CLIP.
+
+    Args:
+        texts: a string or a list of strings.
+        context_length: length of every output row (77 for all CLIP models).
+        truncate: cut text that does not fit (keeping the end-of-text token last) instead of raising.
+
+    Returns:
+        torch.LongTensor [N, context_length]: start token, BPE tokens, end token, zero padding.
+
+    Raises:
+        ValueError: a text does not fit and ``truncate`` is False (the message quotes it).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    rows = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        tokens = [START_OF_TEXT] + _bpe().encode(text) + [END_OF_TEXT]
+        if len(tokens) > context_length:
+            if not truncate:
+                raise ValueError(f'text is {len(tokens)} tokens long, more than the context length '
+                                 f'{context_length} (pass truncate=True to cut it): {text!r}')
+            tokens = tokens[:context_length - 1] + [END_OF_TEXT]
+        rows[row, :len(tokens)] = torch.tensor(tokens)
+    return rows
