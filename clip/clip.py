@@ -7,6 +7,7 @@ with its SHA256 checked.
 import hashlib
 import os
 import urllib.request
+import warnings
 import zipfile
 
 import torch
@@ -107,10 +108,12 @@ def load_state_dict(path):
     """
     try:
         if _is_torchscript_archive(path):
-            state_dict = torch.jit.load(path, map_location='cpu').state_dict()
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is OpenAI's format
+                warnings.simplefilter('ignore', FutureWarning)
+                state_dict = torch.jit.load(path, map_location='cpu').state_dict()
         else:
             state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, Exception) as error:
+    except Exception as error:  # any failure to unpickle means the same thing to the user
         raise ValueError(f'cannot read CLIP weights from {path}: {error}') from error
     for wrapper in ('state_dict', 'model'):
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
@@ -118,7 +121,9 @@ def load_state_dict(path):
     if not isinstance(state_dict, dict):
         raise ValueError(f'{path} does not hold a state dict')
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
-    return {k: v for k, v in state_dict.items() if k not in NON_PARAMETER_KEYS}
+    # Traced archives can carry the causal-mask buffer; it is rebuilt, not loaded.
+    return {k: v for k, v in state_dict.items()
+            if k not in NON_PARAMETER_KEYS and k.split('.')[-1] != 'attn_mask'}
 
 
 def image_preprocess(resolution):
