@@ -99,7 +99,10 @@ _C.MODEL.DROP_PATH_RATE = 0.0
 # Freeze CLIP's text encoder and cache the class-prompt features (published: True).
 _C.MODEL.FIX_TEXT = True
 # Train the snippet integration encoder (visual_semantic) and msim. The release leaves both frozen at
-# their initial values (its parameter filter looked for X-CLIP's `mit`); False reproduces that.
+# their initial values (its parameter filter looked for X-CLIP's `mit`); False reproduces that. True:
+# msim trains at the new-module rate (TRAIN.LR x NEW_MODULE_LR_SCALE, like X-CLIP's `mit`),
+# visual_semantic at TRAIN.LR (its message_* at the new-module rate). visual_semantic.ln_post and .proj
+# stay frozen in every mode: the forward pass never uses them (so DDP needs no find_unused_parameters).
 _C.MODEL.TRAIN_INTEGRATION = False
 # Cross-attention layers of the video-specific prompt generator.
 _C.MODEL.PROMPT_LAYERS = 2

@@ -1,0 +1,146 @@
+"""Building DK-CLIP from the config: CLIP weights (file, cache or random) and the composed model."""
+import logging
+from dataclasses import replace
+
+from timm.layers import resample_abs_pos_embed
+
+import clip
+from clip.model import KNOWN_DIMS, NON_PARAMETER_KEYS, CLIPDims, clip_dims_from_state_dict
+from utils.config import ConfigError
+
+from .dkclip import DKCLIP
+
+logger = logging.getLogger(__name__)
+
+# Parameters DK-CLIP adds to CLIP (initialised per spec section 8 instead of loaded).
+NEW_PARAMETER_PREFIXES = ('visual_semantic.', 'msim.', 'prompts_')
+
+
+def _custom_dims(config):
+    custom = config.MODEL.CUSTOM
+    return CLIPDims(embed_dim=custom.EMBED_DIM, image_resolution=custom.IMAGE_RESOLUTION,
+                    vision_layers=custom.VISION_LAYERS, vision_width=custom.VISION_WIDTH,
+                    vision_patch_size=custom.VISION_PATCH_SIZE, transformer_width=custom.TEXT_WIDTH,
+                    transformer_layers=custom.TEXT_LAYERS)
+
+
+def random_clip_state_dict(config):
+    """A randomly initialised CLIP of ``MODEL.ARCH`` (``MODEL.CUSTOM.*`` for 'custom'), OpenAI format."""
+    arch = config.MODEL.ARCH
+    if arch == 'custom':
+        dims = _custom_dims(config)
+    elif arch in KNOWN_DIMS:
+        dims = KNOWN_DIMS[arch]
+    else:
+        raise ConfigError(f"MODEL.ARCH = {arch!r}: random weights need one of {list(KNOWN_DIMS)} or "
+                          f"'custom' (dimensions in MODEL.CUSTOM)")
+    logger.warning('MODEL.RANDOM_INIT: starting from random CLIP weights (%s); for demos and tests only',
+                   arch)
+    return clip.build_from_dims(dims).state_dict()
+
+
+def _read_weights(path, key):
+    try:
+        return clip.load_state_dict(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f'{key} = {path!r}: {error}') from error
+
+
+def load_clip_state_dict(config):
+    """CLIP weights for the model, in OpenAI's format.
+
+    In order: the file ``MODEL.PRETRAINED``; random weights when ``MODEL.RANDOM_INIT`` (checked before
+    the cache so that the result does not depend on what the cache folder holds); the weights of
+    ``MODEL.ARCH`` in the CLIP cache folder (``$CLIP_CACHE``, default ~/.cache/clip).
+
+    Raises:
+        ConfigError: naming the keys to set and the file to provide when no weights are found.
+    """
+    model_config = config.MODEL
+    if model_config.PRETRAINED:
+        if model_config.RANDOM_INIT:
+            logger.warning('MODEL.RANDOM_INIT is ignored: MODEL.PRETRAINED = %s is loaded',
+                           model_config.PRETRAINED)
+        return _read_weights(model_config.PRETRAINED, 'MODEL.PRETRAINED')
+    if model_config.RANDOM_INIT:
+        return random_clip_state_dict(config)
+    if model_config.ARCH == 'custom':
+        raise ConfigError("MODEL.ARCH = 'custom' has no published weights: set MODEL.PRETRAINED to a "
+                          "CLIP weights file, or MODEL.RANDOM_INIT: True for random weights")
+    try:
+        path = clip.resolve_model_path(model_config.ARCH)
+    except FileNotFoundError as error:
+        raise ConfigError(f'MODEL.ARCH = {model_config.ARCH!r} and MODEL.PRETRAINED is empty: {error} '
+                          f'Or set MODEL.PRETRAINED to the weights file (MODEL.RANDOM_INIT: True gives '
+                          f'random weights for a demo).') from error
+    return _read_weights(path, 'MODEL.ARCH')
+
+
+def model_settings(config):
+    """The :class:`DKCLIP` arguments that come from the config (besides the CLIP dimensions)."""
+    return dict(num_frames=config.DATA.NUM_FRAMES, num_snippets=config.DATA.NUM_DIVIDE,
+                prompt_layers=config.MODEL.PROMPT_LAYERS, prompt_alpha=config.MODEL.PROMPT_ALPHA,
+                msim_layers=config.MODEL.MSIM_LAYERS, erase_threshold=config.MODEL.ERASE_THRESHOLD,
+                use_local=config.MODEL.USE_LOCAL, fix_text=config.MODEL.FIX_TEXT,
+                drop_path_rate=config.MODEL.DROP_PATH_RATE, use_checkpoint=config.TRAIN.USE_CHECKPOINT)
+
+
+def _check_input_size(config, dims):
+    input_size = config.DATA.INPUT_SIZE
+    if input_size % dims.vision_patch_size:
+        raise ConfigError(f'DATA.INPUT_SIZE = {input_size}: must be a multiple of the CLIP patch size '
+                          f'{dims.vision_patch_size}')
+    if input_size != dims.image_resolution:
+        logger.warning('DATA.INPUT_SIZE = %d differs from the CLIP resolution %d: the positional '
+                       'embedding of visual is resampled (bicubic)', input_size, dims.image_resolution)
+    return replace(dims, image_resolution=input_size)
+
+
+def _is_new_parameter(name):
+    return name.startswith(NEW_PARAMETER_PREFIXES) or '.message_' in name
+
+
+def load_clip_weights(model, clip_state_dict):
+    """Copy CLIP's weights into ``model`` (``visual.*`` and the text encoder), resampling
+    ``visual.positional_embedding`` to the model's patch grid if they differ.
+
+    Raises:
+        ValueError: the state dict has entries DK-CLIP lacks, or lacks CLIP entries.
+    """
+    state_dict = {k: v for k, v in clip_state_dict.items() if k not in NON_PARAMETER_KEYS}
+    key = 'visual.positional_embedding'
+    target_length = model.visual.positional_embedding.shape[0]
+    if state_dict[key].shape[0] != target_length:
+        grid = round((target_length - 1) ** 0.5)
+        resampled = resample_abs_pos_embed(state_dict[key][None].float(), new_size=[grid, grid],
+                                           num_prefix_tokens=1)
+        state_dict[key] = resampled[0]
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    lacking = [name for name in missing if not _is_new_parameter(name)]
+    if unexpected or lacking:
+        raise ValueError(f'CLIP weights do not fit DK-CLIP: unexpected entries {unexpected[:5]}, '
+                         f'missing entries {lacking[:5]}')
+    logger.info('loaded %d CLIP tensors; %d new DK-CLIP tensors initialised', len(state_dict),
+                len(missing))
+    return model
+
+
+def build_model(config, clip_state_dict):
+    """Build DK-CLIP with CLIP's weights copied in and the new parts initialised (spec section 8).
+
+    Args:
+        config: the project's yacs config (``DATA.NUM_FRAMES``, ``DATA.NUM_DIVIDE``,
+            ``DATA.INPUT_SIZE``, ``MODEL.*``, ``TRAIN.USE_CHECKPOINT``).
+        clip_state_dict: OpenAI-format CLIP ViT weights, e.g. from :func:`load_clip_state_dict`.
+
+    Returns:
+        DKCLIP: fp32, on the CPU, in training mode.
+
+    Raises:
+        ConfigError: ``DATA.INPUT_SIZE`` is not a multiple of the patch size.
+        ValueError: the weights are not a CLIP ViT state dict.
+    """
+    state_dict = {k: v for k, v in clip_state_dict.items() if k not in NON_PARAMETER_KEYS}
+    dims = _check_input_size(config, clip_dims_from_state_dict(state_dict))
+    model = DKCLIP(dims, **model_settings(config))
+    return load_clip_weights(model, state_dict)

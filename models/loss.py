@@ -1,0 +1,85 @@
+"""DK-CLIP's training objective (spec section 6): global CE plus, for the first epochs, the local CE
+and the class-aware consistency term between the local and global heads."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def classification_loss(logits, targets, label_smoothing):
+    """Cross entropy against hard labels [B] (with label smoothing) or soft targets [B, K].
+
+    Soft targets (mixup) already carry their smoothing, so they are used as given.
+    """
+    logits = logits.float()
+    if targets.dim() == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, targets.to(logits.dtype))
+
+
+def official_consistency(local_logits, global_logits):
+    """The release's term: soft-target CE with *probabilities* as the input and ``softmax(g)`` as the
+    target, gradient into both heads: ``mean_b sum_k -softmax(g)_k log_softmax(softmax(l))_k``."""
+    return F.cross_entropy(local_logits.softmax(dim=-1), global_logits.softmax(dim=-1))
+
+
+def kl_consistency(local_logits, global_logits):
+    """``KL(softmax(g) || softmax(l))`` averaged over the batch, the global distribution detached."""
+    target = global_logits.detach().softmax(dim=-1)
+    return F.kl_div(local_logits.log_softmax(dim=-1), target, reduction='batchmean')
+
+
+CONSISTENCY_TERMS = {'official': official_consistency, 'kl': kl_consistency}
+
+
+class DKCLIPLoss(nn.Module):
+    """``CE(g) + lambda (CE(l_sum) + consistency(l_sum, g))`` for epochs before ``consistency_epochs``,
+    ``CE(g)`` afterwards or without a local head. ``l_sum`` = local logits summed over the snippets.
+
+    Args:
+        consistency: 'official' or 'kl' (``LOSS.CONSISTENCY``).
+        weight: lambda (``LOSS.LAMBDA``).
+        consistency_epochs: epochs that use the local terms (``TRAIN.CONSISTENCY_EPOCHS``).
+        label_smoothing: smoothing of hard targets (``AUG.LABEL_SMOOTH``).
+    """
+
+    def __init__(self, consistency, weight, consistency_epochs, label_smoothing):
+        super().__init__()
+        if consistency not in CONSISTENCY_TERMS:
+            raise ValueError(f'LOSS.CONSISTENCY = {consistency!r}: must be one of {list(CONSISTENCY_TERMS)}')
+        self.consistency = CONSISTENCY_TERMS[consistency]
+        self.weight = weight
+        self.consistency_epochs = consistency_epochs
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits_global, logits_local, targets, epoch):
+        """Return ``(loss, parts)``.
+
+        Args:
+            logits_global: g [B, K].
+            logits_local: l [B, S, K] or None (no local head).
+            targets: int64 labels [B] or soft targets [B, K].
+            epoch: the current epoch (0-based).
+
+        Returns:
+            (loss, parts): the 0-d loss with gradient, and detached 0-d ``loss_global``,
+            ``loss_local``, ``loss_consistency`` (zeros where a term is not used).
+        """
+        loss_global = classification_loss(logits_global, targets, self.label_smoothing)
+        zero = torch.zeros_like(loss_global)
+        loss_local = loss_consistency = zero
+        loss = loss_global
+        if logits_local is not None and epoch < self.consistency_epochs:
+            local_sum = logits_local.float().sum(dim=1)  # [B, K]
+            loss_local = classification_loss(local_sum, targets, self.label_smoothing)
+            loss_consistency = self.consistency(local_sum, logits_global.float())
+            loss = loss_global + self.weight * (loss_local + loss_consistency)
+        parts = dict(loss_global=loss_global.detach(), loss_local=loss_local.detach(),
+                     loss_consistency=loss_consistency.detach())
+        return loss, parts
+
+
+def build_criterion(config):
+    """The objective of ``config`` (``LOSS.*``, ``TRAIN.CONSISTENCY_EPOCHS``, ``AUG.LABEL_SMOOTH``)."""
+    return DKCLIPLoss(consistency=config.LOSS.CONSISTENCY, weight=config.LOSS.LAMBDA,
+                      consistency_epochs=config.TRAIN.CONSISTENCY_EPOCHS,
+                      label_smoothing=config.AUG.LABEL_SMOOTH)
