@@ -64,13 +64,29 @@ _C.DATA.SYNTHETIC.GENERATE = False
 # Training / test clips per class.
 _C.DATA.SYNTHETIC.TRAIN_PER_CLASS = 400
 _C.DATA.SYNTHETIC.TEST_PER_CLASS = 40
-# Frames per generated clip and their side in pixels.
-_C.DATA.SYNTHETIC.CLIP_LENGTH = 24
-_C.DATA.SYNTHETIC.FRAME_SIZE = 48
-# Storage of the clips the lists point at: 'frames' (JPEG folders) or 'video' (mp4).
+# Frames per generated clip (32 = 2 x DATA.NUM_FRAMES, so that training sampling draws a random frame
+# from each pair and covers the whole clip) and their side in pixels (decord cannot read mp4 frames 16,
+# 24, 48 or 72 pixels wide).
+_C.DATA.SYNTHETIC.CLIP_LENGTH = 32
+_C.DATA.SYNTHETIC.FRAME_SIZE = 40
+# Storage of the generated clips: 'frames' (JPEG folders) or 'video' (mp4 files).
 _C.DATA.SYNTHETIC.FORMAT = 'frames'
 # Seed of the generator; the same seed gives the same files.
 _C.DATA.SYNTHETIC.SEED = 0
+# Consecutive frames of pure noise in each clip (something for the snippet erasing to erase).
+_C.DATA.SYNTHETIC.NOISE_FRAMES = 6
+# Standard deviation of the Gaussian pixel noise, on the 0..255 scale.
+_C.DATA.SYNTHETIC.PIXEL_NOISE = 6.0
+# Displacement of the moving part at the start of its motion, as a fraction of the full movement.
+# Above 0, every frame shows which part moves (a small model trained from scratch needs that); only the
+# frame order tells the direction.
+_C.DATA.SYNTHETIC.ONSET_LEVEL = 0.3
+# How strongly the moving part is tinted towards a highlight colour (0: drawn like the other parts).
+_C.DATA.SYNTHETIC.HIGHLIGHT = 0.5
+# Scale of the parts' movement (1: corners 0.28, brows 0.22, mouth opening 0.3 face half-heights).
+_C.DATA.SYNTHETIC.MOTION = 1.0
+# Largest drift of the face over a clip, as a fraction of the frame size along each axis.
+_C.DATA.SYNTHETIC.DRIFT = 0.08
 
 # ----------------------------------------------------------------------------------------------------
 # Model
