@@ -16,10 +16,13 @@ from torch.utils.checkpoint import checkpoint
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back, so fp16/bf16 activations keep CLIP's numerics."""
+    """LayerNorm computed in fp32 (or wider) and cast back, so fp16/bf16 activations keep CLIP's
+    numerics; fp32 and fp64 inputs pass through unchanged (fp64 reference runs of the model work)."""
 
     def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
 
 
 class QuickGELU(nn.Module):

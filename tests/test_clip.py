@@ -174,3 +174,11 @@ def test_layer_norm_computes_in_fp32():
     out = norm(x)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), torch.nn.functional.layer_norm(x.float(), (8,)).half().float())
+
+
+def test_layer_norm_keeps_fp64():  # an fp64 copy of a model serves as a rounding-free reference
+    norm = clip.LayerNorm(8).double()
+    x = torch.randn(4, 8, dtype=torch.float64) * 1e3
+    out = norm(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (8,)), rtol=1e-12, atol=1e-12)

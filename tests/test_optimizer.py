@@ -94,7 +94,7 @@ def test_adamw_settings_and_log_table():
     optimizer = build_optimizer(config, model)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults['betas'] == (0.9, 0.98) and optimizer.defaults['eps'] == 1e-8
-    assert not optimizer.defaults['fused']  # CPU parameters: the default (foreach) implementation
+    assert optimizer.defaults['fused']  # one fused kernel per tensor, on the CPU as on CUDA
     assert [group['name'] for group in optimizer.param_groups] == list(EXPECTED_COUNTS['published'][0])
     table = format_param_groups(model, optimizer.param_groups).splitlines()
     assert table[0].split() == ['group', 'tensors', 'parameters', 'lr', 'wd']
@@ -103,6 +103,24 @@ def test_adamw_settings_and_log_table():
                                      '1.00e-02']
     frozen_numel = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert rows['frozen'][:2] == ['90', f'{frozen_numel:,}']
+
+
+def test_fused_update_equals_the_per_tensor_adamw():
+    model, config = build('published')
+    optimizer = build_optimizer(config, model)
+    plain_model, _ = build('published')
+    plain = torch.optim.AdamW(build_param_groups(plain_model, config), lr=config.TRAIN.LR,
+                              betas=(0.9, 0.98), eps=1e-8, foreach=False, fused=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), plain_model.parameters()):
+            if p.requires_grad:
+                p.grad = torch.randn(p.shape, generator=generator)
+                q.grad = p.grad.clone()
+        optimizer.step()
+        plain.step()
+    for (name, p), q in zip(model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_wrapped_model_is_unwrapped():
