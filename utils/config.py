@@ -126,6 +126,11 @@ _C.MODEL.PROMPT_LAYERS = 2
 _C.MODEL.PROMPT_ALPHA = 0.1
 # Residual attention blocks of the multi-snippet integration module (msim).
 _C.MODEL.MSIM_LAYERS = 1
+# Standard deviation of the initial msim positional embedding (truncated normal; 0.02 as released).
+# msim's positional embedding is the model's only source of snippet order, and the snippet features
+# it is added to are ~50x larger, so a model trained from random weights (the demo) needs ~1.0 to
+# learn the order in minutes rather than hours.
+_C.MODEL.MSIM_POS_INIT_STD = 0.02
 # Snippets whose relevance weight is below this are erased (tau). 0 disables erasing.
 _C.MODEL.ERASE_THRESHOLD = 0.15
 # Use the local (per-snippet) branch in the loss and at evaluation. False: global head only.
@@ -212,6 +217,12 @@ _C.TEST.ONLY_TEST = False
 _C.TEST.BEST_METRIC = 'WAR'
 # Videos per GPU process and evaluation step (0: TRAIN.BATCH_SIZE).
 _C.TEST.BATCH_SIZE = 0
+# Permute the frames of every test clip at random (seeded by SEED): a check that the model uses their
+# order (scripts/eval.py, --only_test).
+_C.TEST.SHUFFLE_FRAMES = False
+# After training, also evaluate the best checkpoint on frame-shuffled test clips and print its lines
+# (`SHUFFLED head=...`) next to the RESULT lines (the demo does).
+_C.TEST.REPORT_SHUFFLED = False
 
 # ----------------------------------------------------------------------------------------------------
 # Misc
@@ -335,7 +346,7 @@ def _validate_ranges(config):
                 'TRAIN.EPOCHS', 'TRAIN.LR', 'TRAIN.BATCH_SIZE', 'TRAIN.ACCUMULATION_STEPS',
                 'TRAIN.NEW_MODULE_LR_SCALE', 'TEST.NUM_CLIP', 'SAVE_FREQ', 'PRINT_FREQ',
                 'MODEL.PROMPT_LAYERS', 'MODEL.MSIM_LAYERS']
-    non_negative = ['DATA.NUM_WORKERS', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.WEIGHT_DECAY',
+    non_negative = ['DATA.NUM_WORKERS', 'MODEL.MSIM_POS_INIT_STD', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.WEIGHT_DECAY',
                     'TRAIN.CONSISTENCY_EPOCHS', 'TRAIN.CLIP_GRAD', 'TRAIN.MIN_LR_RATIO', 'LOSS.LAMBDA',
                     'AUG.MIXUP', 'AUG.CUTMIX', 'TEST.BATCH_SIZE']
     probabilities = ['DATA.VAL_FRACTION', 'MODEL.ERASE_THRESHOLD', 'MODEL.DROP_PATH_RATE',

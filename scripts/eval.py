@@ -1,0 +1,93 @@
+"""Evaluate a DK-CLIP checkpoint on a test list with multi-view testing.
+
+Prints the per-class recall table and the ``RESULT head=... UAR=... WAR=...`` lines of the global, local
+and fused heads, and writes them (with the confusion matrices) to a JSON file. The evaluation code is
+the one ``main.py`` runs after every epoch; under torchrun the test list is split across processes and
+the predictions are gathered before any metric is computed.
+
+Usage, from the repository root::
+
+    python -m scripts.eval --checkpoint output/dfew/fold1/best.pth [--config configs/dfew/fold1.yaml]
+        [--opts TEST.NUM_CLIP 2 TEST.NUM_CROP 3 DATA.VAL_FILE other_list.txt] [--json results.json]
+
+Without ``--config`` the config stored in the checkpoint is used. ``--opts TEST.SHUFFLE_FRAMES True``
+evaluates frame-shuffled clips (a check that the model uses the order of the frames).
+"""
+import argparse
+import json
+import logging
+import os
+
+from yacs.config import CfgNode
+
+from datasets import build_dataloaders
+from utils import distributed
+from utils.checkpoint import load_checkpoint, load_model_weights
+from utils.config import get_default_config, load_config, merge_opts, validate_config
+from utils.engine import build_model_for_run, evaluate_and_report
+from utils.logger import close_logging, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='python -m scripts.eval', description=__doc__.split('\n')[0])
+    parser.add_argument('--checkpoint', required=True, help='DK-CLIP checkpoint (last.pth, best.pth)')
+    parser.add_argument('--config', default='', help="YAML config (default: the checkpoint's own)")
+    parser.add_argument('--opts', nargs='+', default=None, help="override settings: 'KEY VALUE' pairs")
+    parser.add_argument('--json', default='', help='result file (default: <checkpoint>.eval.json)')
+    return parser.parse_args(argv)
+
+
+def evaluation_config(args, checkpoint):
+    """The config to evaluate with: ``--config`` or the checkpoint's, then ``--opts``; test only."""
+    if args.config:
+        config = load_config(argparse.Namespace(config=args.config, opts=args.opts, output='', resume='',
+                                                pretrained='', only_test=True, batch_size=0,
+                                                accumulation_steps=0))
+    else:
+        config = get_default_config()
+        config.merge_from_other_cfg(CfgNode.load_cfg(checkpoint['config']))
+        merge_opts(config, args.opts)
+    config.defrost()
+    config.TEST.ONLY_TEST = True
+    config.MODEL.RESUME = args.checkpoint
+    config.freeze()
+    return validate_config(config)
+
+
+def write_json(path, args, config, checkpoint, evaluation, class_names):
+    """The figures of every head, with what was evaluated, as JSON."""
+    result = {'checkpoint': args.checkpoint, 'epoch': checkpoint.get('epoch', 0) - 1,
+              'list': config.DATA.VAL_FILE, 'num_videos': len(evaluation.labels),
+              'views': {'clips': config.TEST.NUM_CLIP, 'crops': config.TEST.NUM_CROP},
+              'frames_shuffled': config.TEST.SHUFFLE_FRAMES, 'class_names': class_names,
+              'heads': evaluation.heads}
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(result, f, indent=1)
+    logger.info('written %s', path)
+
+
+def main(argv=None):
+    """Command-line entry point; returns the :class:`utils.engine.Evaluation`."""
+    args = parse_args(argv)
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = evaluation_config(args, checkpoint)
+    context = distributed.init_distributed()
+    setup_logging(None, context.rank)
+    try:
+        loaders = build_dataloaders(config, context.rank, context.world_size)
+        model = build_model_for_run(config, context.device, checkpoint)
+        load_model_weights(model, checkpoint, args.checkpoint)
+        evaluation, class_names = evaluate_and_report(model, loaders.test, config, context.device)
+        if context.is_main:
+            json_path = args.json or os.path.splitext(args.checkpoint)[0] + '.eval.json'
+            write_json(json_path, args, config, checkpoint, evaluation, class_names)
+        return evaluation
+    finally:
+        close_logging()
+        distributed.cleanup_distributed()
+
+
+if __name__ == '__main__':
+    main()

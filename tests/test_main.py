@@ -1,0 +1,151 @@
+"""main.py end to end on the synthetic dataset: outputs, resume, torchrun DDP, and scripts/eval.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main as main_module
+from conftest import tiny_config
+from datasets.synthetic import ensure_synthetic_dataset
+from scripts import eval as eval_script
+from utils.labels import REPOSITORY_ROOT
+from utils.reporting import read_records
+
+
+@pytest.fixture(scope='module')
+def dataset_root(tmp_path_factory):
+    """A tiny synthetic dataset: 7 classes, 3 training clips and 1 test clip each (7 tests: odd)."""
+    root = str(tmp_path_factory.mktemp('synthetic'))
+    ensure_synthetic_dataset(run_config(root, ''))
+    return root
+
+
+def run_config(root, output, **overrides):
+    """The tiny model on the synthetic dataset in ``root``; ``overrides`` as in ``tiny_config``."""
+    settings = dict(
+        DATA__ROOT=root, DATA__TRAIN_FILE=os.path.join(root, 'train.txt'),
+        DATA__VAL_FILE=os.path.join(root, 'test.txt'), DATA__LABEL_LIST=os.path.join(root, 'labels.csv'),
+        DATA__DATASET='synthetic', DATA__SYNTHETIC__GENERATE=True, DATA__SYNTHETIC__TRAIN_PER_CLASS=3,
+        DATA__SYNTHETIC__TEST_PER_CLASS=1, DATA__SYNTHETIC__CLIP_LENGTH=8, DATA__SYNTHETIC__FRAME_SIZE=32,
+        DATA__SYNTHETIC__NOISE_FRAMES=2,
+        TRAIN__EPOCHS=3, TRAIN__WARMUP_EPOCHS=1, TRAIN__LR=2e-3, TRAIN__CONSISTENCY_EPOCHS=3,
+        TRAIN__BATCH_SIZE=4, TRAIN__ACCUMULATION_STEPS=2, AUG__MIXUP=0.0, PRINT_FREQ=2, OUTPUT=output)
+    return tiny_config(**{**settings, **overrides})
+
+
+def write_config(config, folder):
+    path = os.path.join(folder, 'run.yaml')
+    with open(path, 'w') as f:
+        f.write(config.dump())
+    return path
+
+
+def records(output, record_type):
+    return [r for r in read_records(os.path.join(output, 'metrics.jsonl')) if r['type'] == record_type]
+
+
+def model_tensors(path):
+    return torch.load(path, map_location='cpu', weights_only=True)['model']
+
+
+@pytest.fixture(scope='module')
+def trained_run(dataset_root, tmp_path_factory):
+    """One single-process CPU run with a validation split; returns its output folder."""
+    folder = str(tmp_path_factory.mktemp('run'))
+    output = os.path.join(folder, 'out')
+    config = run_config(dataset_root, output, DATA__VAL_FRACTION=0.34, TRAIN__EPOCHS=4,
+                        TRAIN__CONSISTENCY_EPOCHS=4)
+    main_module.main(['--config', write_config(config, folder)])
+    return output
+
+
+@pytest.mark.slow
+def test_main_trains_and_writes_every_output(trained_run):
+    expected_files = ['config.yaml', 'log_rank0.txt', 'metrics.jsonl', 'last.pth', 'best.pth',
+                      'confusion_matrix.png']
+    assert all(os.path.isfile(os.path.join(trained_run, name)) for name in expected_files)
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(trained_run))
+    losses = [record['losses']['loss_global'] for record in records(trained_run, 'train')]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    evaluations = records(trained_run, 'eval')
+    assert [(r['epoch'], r['split']) for r in evaluations] == [(e, s) for e in range(4) for s in ('test', 'val')]
+    assert {r['num_videos'] for r in evaluations if r['split'] == 'test'} == {7}
+    final, = records(trained_run, 'final')
+    assert final['best']['selection']['split'] == 'val' and final['last']['epoch'] == 3
+    best_epoch = final['best']['epoch']
+    best_val = [r for r in evaluations if r['split'] == 'val' and r['epoch'] == best_epoch][0]
+    assert final['best']['selection']['value'] == max(r['heads']['global']['WAR'] for r in evaluations
+                                                      if r['split'] == 'val') == best_val['heads']['global']['WAR']
+    log = open(os.path.join(trained_run, 'log_rank0.txt')).read()
+    assert 'Train: [3/4][3/3] lr' in log and 'time/step' in log and 'eta' in log and 'mem' in log
+    for head in ('global', 'local', 'fused'):
+        report = final['best']['heads'][head]
+        assert f'RESULT head={head} UAR={report["UAR"]:.2f} WAR={report["WAR"]:.2f}' in log
+    assert f'epoch={best_epoch}' in log
+
+
+@pytest.mark.slow
+def test_eval_script_reproduces_the_runs_figures(trained_run, tmp_path, capsys):
+    json_path = str(tmp_path / 'eval.json')
+    evaluation = eval_script.main(['--checkpoint', os.path.join(trained_run, 'best.pth'), '--json', json_path])
+    result = json.load(open(json_path))
+    final, = records(trained_run, 'final')
+    assert result['heads'] == final['best']['heads'] and result['num_videos'] == 7
+    printed = capsys.readouterr().out
+    assert f'RESULT head=global UAR={result["heads"]["global"]["UAR"]:.2f}' in printed
+    shuffled = eval_script.main(['--checkpoint', os.path.join(trained_run, 'best.pth'), '--json', json_path,
+                                 '--opts', 'TEST.SHUFFLE_FRAMES', 'True'])
+    assert json.load(open(json_path))['frames_shuffled'] is True
+    assert not torch.allclose(shuffled.scores['global'], evaluation.scores['global'])
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_result(dataset_root, tmp_path, monkeypatch):
+    # Mixup, augmentation and two accumulation steps make every random stream matter.
+    config = run_config(dataset_root, str(tmp_path / 'unused'), AUG__MIXUP=0.8, TRAIN__EPOCHS=2)
+    config_path = write_config(config, str(tmp_path))
+    straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+    main_module.main(['--config', config_path, '--output', straight])
+
+    original_train_one_epoch = main_module.train_one_epoch
+
+    def interrupted_in_epoch_1(trainer, loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the job were killed during epoch 1
+        return original_train_one_epoch(trainer, loader, epoch)
+
+    monkeypatch.setattr(main_module, 'train_one_epoch', interrupted_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        main_module.main(['--config', config_path, '--output', resumed])
+    assert records(resumed, 'final') == []
+    assert torch.load(os.path.join(resumed, 'last.pth'), weights_only=True)['epoch'] == 1
+    monkeypatch.setattr(main_module, 'train_one_epoch', original_train_one_epoch)
+    main_module.main(['--config', config_path, '--output', resumed, '--opts', 'TRAIN.AUTO_RESUME', 'True'])
+
+    resumed_tensors = model_tensors(os.path.join(resumed, 'last.pth'))
+    for name, tensor in model_tensors(os.path.join(straight, 'last.pth')).items():
+        assert torch.equal(tensor, resumed_tensors[name]), name
+    assert records(resumed, 'train')[-1] == records(straight, 'train')[-1]
+    for which in ('best', 'last'):
+        assert records(resumed, 'final')[0][which] == records(straight, 'final')[0][which]
+
+
+@pytest.mark.slow
+def test_torchrun_gathers_the_same_metrics_as_a_single_process(dataset_root, tmp_path):
+    config_path = write_config(run_config(dataset_root, str(tmp_path / 'ddp'), TRAIN__EPOCHS=1,
+                                          TRAIN__BATCH_SIZE=2), str(tmp_path))
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'main.py',
+               '--config', config_path]
+    result = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'RESULT head=global' in result.stdout and '2 process(es)' in result.stdout
+    distributed_eval, = records(str(tmp_path / 'ddp'), 'eval')
+    single = str(tmp_path / 'single')
+    main_module.main(['--config', config_path, '--only_test', '--resume', str(tmp_path / 'ddp' / 'last.pth'),
+                      '--output', single])
+    single_eval, = records(single, 'eval')
+    assert distributed_eval['num_videos'] == single_eval['num_videos'] == 7
+    assert distributed_eval['heads'] == single_eval['heads']

@@ -1,0 +1,93 @@
+"""What a run reports: ``metrics.jsonl`` records, RESULT lines and per-class tables.
+
+``metrics.jsonl`` in the output folder holds one JSON object per line:
+
+- ``{"type": "train", "epoch": e, "losses": {"loss": .., "loss_global": .., ...}}`` after every epoch
+  of training (means over the epoch and all processes);
+- ``{"type": "eval", "epoch": e, "split": "test" | "val", "heads": {head: report}, ...}`` after every
+  evaluation, where ``report`` is :func:`utils.metrics.classification_report`'s dict;
+- ``{"type": "final", "best": {...}, "last": {...}, ...}`` once, when the run has finished. Its
+  presence marks a finished run (``scripts/run_folds.py`` skips such folds); ``best`` and ``last`` hold
+  the epoch and the test figures of each head at that epoch.
+"""
+import json
+import os
+
+METRICS_FILE = 'metrics.jsonl'
+
+# Column names of the published tables for this project's class order (see data.md).
+PUBLISHED_CLASS_HEADERS = {'happiness': 'Happy', 'sadness': 'Sad', 'neutral': 'Neutral', 'anger': 'Angry',
+                           'surprise': 'Surprise', 'disgust': 'Disgust', 'fear': 'Fear'}
+
+
+def class_names_from_prompts(prompts):
+    """Short class names from prompts such as ``happiness with cheek raiser ...`` (the part before
+    `` with ``)."""
+    return [prompt.split(' with ')[0].strip() for prompt in prompts]
+
+
+def append_record(output_dir, record):
+    """Append one JSON object as a line of ``output_dir/metrics.jsonl``."""
+    with open(os.path.join(output_dir, METRICS_FILE), 'a', encoding='utf-8') as f:
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path):
+    """All records of a ``metrics.jsonl`` file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line that is not a JSON object; the message names the file and line. A
+            truncated last line (a run killed while writing) is ignored.
+    """
+    with open(path, encoding='utf-8') as f:
+        lines = f.read().split('\n')
+    records = []
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if line_number == len(lines):  # the last line lacks its newline: an interrupted write
+                break
+            raise ValueError(f'{path}:{line_number}: not a JSON object: {error}') from error
+    return records
+
+
+def final_record(output_dir):
+    """The ``final`` record of a finished run in ``output_dir``, or None (unfinished or not started)."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return None
+    finals = [record for record in read_records(path) if record.get('type') == 'final']
+    return finals[-1] if finals else None
+
+
+def is_better(candidate, best, metric):
+    """True if the report ``candidate`` beats ``best`` (None: no best yet) on ``metric`` (UAR/WAR)."""
+    return best is None or candidate[metric] > best[metric]
+
+
+def result_lines(heads, prefix='RESULT', suffix=''):
+    """Grep-able lines ``RESULT head=global UAR=64.95 WAR=75.41``, one per head of ``heads``."""
+    return [f'{prefix} head={head} UAR={report["UAR"]:.2f} WAR={report["WAR"]:.2f}{suffix}'
+            for head, report in heads.items()]
+
+
+def format_recall(value):
+    """A recall in percent with two decimals; ``-`` for a class absent from the ground truth."""
+    return '-' if value is None else f'{value:.2f}'
+
+
+def per_class_table(heads, class_names):
+    """A plain-text table: one row per head, per-class recall, UAR and WAR (percent)."""
+    width = max(9, *(len(name) for name in class_names))
+    header = ['head'.ljust(7)] + [name.rjust(width) for name in class_names] + ['UAR'.rjust(6), 'WAR'.rjust(6)]
+    rows = [' '.join(header)]
+    for head, report in heads.items():
+        cells = [head.ljust(7)] + [format_recall(value).rjust(width) for value in report['per_class_recall']]
+        rows.append(' '.join(cells + [f'{report["UAR"]:6.2f}', f'{report["WAR"]:6.2f}']))
+    return '\n'.join(rows)
