@@ -29,12 +29,14 @@ from utils.engine import (Trainer, build_grad_scaler, build_model_for_run, class
                           evaluate_and_report, resolve_amp_dtype, train_one_epoch)
 from utils.logger import close_logging, setup_logging
 from utils.optimizer import build_optimizer, build_scheduler
-from utils.plots import plot_confusion_matrix
+from utils.plots import plot_confusion_matrix, save_evaluation_plots
 from utils.reporting import append_record, is_better, per_class_table, result_lines
 
 logger = logging.getLogger(__name__)
 
 CONFUSION_MATRIX_FILE = 'confusion_matrix.png'
+# Prefix of the pictures of the best epoch's test figures written at the end of a run.
+BEST_TEST_PICTURES = 'best_test'
 
 
 def parse_args(argv=None):
@@ -219,6 +221,8 @@ def report_final(config, results, class_names, shuffled_heads=None):
     if distributed.is_main_process():
         append_record(config.OUTPUT, {'type': 'final', 'dataset': config.DATA.DATASET, 'class_names': class_names,
                                       'best': best, 'last': last, 'shuffled': shuffled_heads})
+        save_evaluation_plots(best['heads'], class_names, os.path.join(config.OUTPUT, BEST_TEST_PICTURES),
+                              f'best epoch {best["epoch"]}')
 
 
 def evaluate_checkpoint(config, context, model, checkpoint, path, test_loader):

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from datasets.decoding import count_frames
+from utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +188,8 @@ def missing_clips_error(missing, clips_dir):
 
 def write_list(path, rows):
     """Write rows as ``<path> <num_frames> <label>`` lines, atomically."""
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'w', encoding='utf-8') as f:
+    with atomic_write(path) as f:
         f.writelines(f'{row.path} {row.num_frames} {row.label}\n' for row in rows)
-    os.replace(temporary, path)
 
 
 def class_count_table(lists, num_classes):

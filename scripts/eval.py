@@ -1,7 +1,9 @@
 """Evaluate a DK-CLIP checkpoint on a test list with multi-view testing.
 
 Prints the per-class recall table and the ``RESULT head=... UAR=... WAR=...`` lines of the global, local
-and fused heads, and writes them (with the confusion matrices) to a JSON file. The evaluation code is
+and fused heads, and writes them (with the confusion matrices) to a JSON file, with pictures next to it:
+``<json>.confusion_<head>.png`` (row-normalised confusion matrix) and ``<json>.recall.png`` (per-class
+recall of the heads). The evaluation code is
 the one ``main.py`` runs after every epoch; under torchrun the test list is split across processes and
 the predictions are gathered before any metric is computed.
 
@@ -14,7 +16,6 @@ Without ``--config`` the config stored in the checkpoint is used. ``--opts TEST.
 evaluates frame-shuffled clips (a check that the model uses the order of the frames).
 """
 import argparse
-import json
 import logging
 import os
 
@@ -25,7 +26,9 @@ from utils import distributed
 from utils.checkpoint import load_checkpoint, load_model_weights
 from utils.config import get_default_config, load_config, merge_opts, validate_config
 from utils.engine import build_model_for_run, evaluate_and_report
+from utils.files import write_json
 from utils.logger import close_logging, setup_logging
+from utils.plots import save_evaluation_plots
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +59,17 @@ def evaluation_config(args, checkpoint):
     return validate_config(config)
 
 
-def write_json(path, args, config, checkpoint, evaluation, class_names):
-    """The figures of every head, with what was evaluated, as JSON."""
+def write_results(path, args, config, checkpoint, evaluation, class_names):
+    """The figures of every head, with what was evaluated, as JSON; the pictures next to it."""
     result = {'checkpoint': args.checkpoint, 'epoch': checkpoint.get('epoch', 0) - 1,
               'list': config.DATA.VAL_FILE, 'num_videos': len(evaluation.labels),
               'views': {'clips': config.TEST.NUM_CLIP, 'crops': config.TEST.NUM_CROP},
               'frames_shuffled': config.TEST.SHUFFLE_FRAMES, 'class_names': class_names,
               'heads': evaluation.heads}
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
-    logger.info('written %s', path)
+    write_json(path, result)
+    pictures = save_evaluation_plots(evaluation.heads, class_names, os.path.splitext(path)[0],
+                                     os.path.basename(args.checkpoint))
+    logger.info('written %s and %s', path, ', '.join(pictures))
 
 
 def main(argv=None):
@@ -82,7 +86,7 @@ def main(argv=None):
         evaluation, class_names = evaluate_and_report(model, loaders.test, config, context.device)
         if context.is_main:
             json_path = args.json or os.path.splitext(args.checkpoint)[0] + '.eval.json'
-            write_json(json_path, args, config, checkpoint, evaluation, class_names)
+            write_results(json_path, args, config, checkpoint, evaluation, class_names)
         return evaluation
     finally:
         close_logging()

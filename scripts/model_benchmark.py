@@ -96,6 +96,7 @@ from datasets import normalize_videos
 from utils.config import get_default_config, merge_config_file, merge_opts, validate_config
 from utils.engine import (Trainer, build_grad_scaler, class_prompt_tokens, forward_backward,
                           optimizer_update, predict)
+from utils.files import write_json
 from utils.labels import read_label_csv
 from utils.optimizer import build_optimizer, build_scheduler
 
@@ -289,7 +290,14 @@ def count_host_syncs(step, device):
             step()
         finally:
             torch.cuda.set_sync_debug_mode('default')
-    return sum('synchroniz' in str(warning.message) for warning in caught)
+    # Only the per-operation warnings count; the first switch of a process also warns that the debug
+    # mode is a prototype ("Synchronization debug mode is a prototype feature ..."), which is no sync.
+    return sum(is_sync_warning(str(warning.message)) for warning in caught)
+
+
+def is_sync_warning(message):
+    """True for the warning of ``torch.cuda.set_sync_debug_mode('warn')`` about one synchronising call."""
+    return 'called a synchronizing CUDA operation' in message
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,8 +433,24 @@ def measure(bench, section, variant, args):
     """Build, warm up, time and measure one variant; returns its :class:`Record`."""
     step = make_step(bench, build_trainer(bench, variant), section)
     seconds, memory = time_steps(step, bench.device, args.warmup, args.steps)
+    if getattr(args, 'profile', 0):
+        print_profile(step, bench.device, args.profile, f'{section} {variant}')
     return make_record(bench, section, variant, seconds, memory, args,
                        host_syncs=count_host_syncs(step, bench.device))
+
+
+def print_profile(step, device, rows, title):
+    """Print the ``rows`` operators that take the most device time (CPU time on the CPU) over 3 steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(3):
+            step()
+        _synchronize(device)
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    print(f'profile of 3 steps: {title}')
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
 
 
 def make_record(bench, section, variant, seconds, memory, args, host_syncs=None):
@@ -519,16 +543,6 @@ def format_table(records):
                      f'{r.peak_memory_mib:>10.0f}{r.step_memory_mib:>10.0f}{r.flops_per_video / 1e9:>11.2f}'
                      f'{r.achieved_tflops:>9.3f}{mfu:>7}')
     return '\n'.join(lines)
-
-
-def write_json(path, payload):
-    """Write ``payload`` to ``path`` atomically (a temporary file moved into place)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    partial = f'{path}.partial'
-    with open(partial, 'w') as f:
-        json.dump(payload, f, indent=2)
-    os.replace(partial, path)
 
 
 def report(args, bench, records, **extra):
@@ -661,6 +675,8 @@ def add_model_commands(subparsers):
         _add_common_arguments(parser)
         _add_timing_arguments(parser)
         parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+        parser.add_argument('--profile', type=int, default=0, metavar='ROWS',
+                            help='also print the ROWS most expensive operators of each variant (torch.profiler)')
         parser.add_argument('--precision', nargs='+', choices=list(PRECISIONS), default=None,
                             help='autocast precisions (default: bf16 fp16 fp32 on CUDA, fp32 bf16 on CPU)')
         parser.add_argument('--compile', nargs='+', choices=['off', 'on'], default=['off'],

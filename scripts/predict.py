@@ -41,9 +41,9 @@ from datasets import (AnnotationEntry, AnnotationError, VideoDataset, VideoReadE
 from datasets.decoding import count_frames
 from datasets.sampling import test_frame_indices
 from datasets.transforms import build_test_transform
-from scripts.model_benchmark import write_json
 from utils.checkpoint import load_checkpoint, load_model_weights
 from utils.config import ConfigError, get_default_config, merge_config_file, merge_opts, validate_config
+from utils.files import write_json
 from utils.engine import autocast, build_model_for_run, class_prompt_tokens, resolve_amp_dtype
 from utils.logger import close_logging, setup_logging
 from utils.metrics import head_scores

@@ -11,7 +11,7 @@ import clip
 import models
 from conftest import tiny_clip_state_dict, tiny_config
 from scripts import benchmark
-from scripts.model_benchmark import PeakMemory, forward_flops, input_dims
+from scripts.model_benchmark import PeakMemory, forward_flops, input_dims, is_sync_warning
 from scripts.reference_model import build_reference_model
 from utils.optimizer import build_param_groups
 
@@ -176,3 +176,10 @@ def test_flops_command_prints_the_breakdown(tmp_path, capsys):
     result = json.loads(path.read_text())
     assert result['train_flops_per_video'] == pytest.approx(3 * result['forward_flops_per_video']['total'])
     assert 'visual_semantic' in capsys.readouterr().out
+
+
+def test_only_per_operation_sync_warnings_count_as_host_syncs():
+    assert is_sync_warning('called a synchronizing CUDA operation')
+    # warned once per process when the debug mode is first switched on: not a synchronisation
+    assert not is_sync_warning('Synchronization debug mode is a prototype feature and does not yet detect '
+                               'all synchronizing operations')

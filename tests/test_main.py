@@ -65,7 +65,8 @@ def trained_run(dataset_root, tmp_path_factory):
 @pytest.mark.slow
 def test_main_trains_and_writes_every_output(trained_run):
     expected_files = ['config.yaml', 'log_rank0.txt', 'metrics.jsonl', 'last.pth', 'best.pth',
-                      'confusion_matrix.png']
+                      'confusion_matrix.png', 'best_test.recall.png',
+                      'best_test.confusion_global.png', 'best_test.confusion_fused.png']
     assert all(os.path.isfile(os.path.join(trained_run, name)) for name in expected_files)
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(trained_run))
     losses = [record['losses']['loss_global'] for record in records(trained_run, 'train')]
@@ -99,6 +100,8 @@ def test_eval_script_reproduces_the_runs_figures(trained_run, tmp_path, capsys):
     shuffled = eval_script.main(['--checkpoint', os.path.join(trained_run, 'best.pth'), '--json', json_path,
                                  '--opts', 'TEST.SHUFFLE_FRAMES', 'True'])
     assert json.load(open(json_path))['frames_shuffled'] is True
+    pictures = {'eval.recall.png', 'eval.confusion_global.png', 'eval.confusion_local.png', 'eval.confusion_fused.png'}
+    assert pictures <= set(os.listdir(tmp_path))
     assert not torch.allclose(shuffled.scores['global'], evaluation.scores['global'])
 
 

@@ -9,12 +9,12 @@ the random-number states of every process. Only plain types and tensors are stor
 import logging
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
 from utils import distributed
+from utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +93,8 @@ def save_checkpoint(state, path):
     """
     if not distributed.is_main_process():
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary_path = tempfile.mkstemp(prefix='.' + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(handle, 'wb') as f:
-            torch.save(state, f)
-        os.replace(temporary_path, path)
-    except BaseException:
-        os.unlink(temporary_path)
-        raise
+    with atomic_write(path, 'wb') as f:
+        torch.save(state, f)
     logger.info('saved %s (epoch %d, step %d)', path, state['epoch'], state['step'])
 
 

@@ -257,8 +257,9 @@ def predict(model, loader, text_tokens, config, device, amp_dtype, frame_generat
             logits_global, logits_local, _ = model(videos, text_tokens)
         for head, scores in head_scores(logits_global, logits_local, num_views).items():
             collected.setdefault(head, []).append(scores)
-        collected['labels'].append(batch['labels'].to(device))
-        collected['indices'].append(batch['indices'].to(device))
+        # non_blocking: a plain copy from (pinned) host memory would wait for the device here
+        collected['labels'].append(batch['labels'].to(device, non_blocking=True))
+        collected['indices'].append(batch['indices'].to(device, non_blocking=True))
     return _concatenate(collected, config, device)
 
 

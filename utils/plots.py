@@ -9,6 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.files import atomic_write
+
 
 def new_figure(width_inches, height_inches):
     """A figure with an Agg canvas attached, and its single axes."""
@@ -18,13 +20,9 @@ def new_figure(width_inches, height_inches):
 
 
 def save_figure(figure, path, dpi=120):
-    """Write ``figure`` to ``path`` (format from the extension), via a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    root, extension = os.path.splitext(path)
-    temporary_path = f'{root}.tmp{extension}'
-    figure.savefig(temporary_path, dpi=dpi)
-    os.replace(temporary_path, path)
+    """Write ``figure`` to ``path`` atomically (format from the extension: ``.png``, ``.pdf``, ...)."""
+    with atomic_write(path, 'wb') as f:
+        figure.savefig(f, format=os.path.splitext(path)[1].lstrip('.') or 'png', dpi=dpi)
     return path
 
 
