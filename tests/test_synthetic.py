@@ -1,6 +1,7 @@
 """The synthetic dataset: files and lists, determinism, time-reversed class pairs, the moving part
 visible in every single frame, noise frames, ensure_synthetic_dataset and the script."""
 import filecmp
+import json
 import os
 
 import decord
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from datasets.annotations import read_annotation_list
-from datasets.synthetic import (CLASSES, PARTS, draw_clips, ensure_synthetic_dataset,
+from datasets.synthetic import (CLASSES, GENERATOR_VERSION, PARTS, draw_clips, ensure_synthetic_dataset,
                                 generate_synthetic_dataset, sample_clip_parameters)
 from scripts import make_synthetic_dataset
 from utils.config import ConfigError
@@ -172,3 +173,19 @@ def test_script_generates_and_prints_the_config_keys(tmp_path, capsys):
     assert len(read_annotation_list(os.path.join(root, 'train.txt'), root, 7)) == 7
     assert make_synthetic_dataset.main(['--root', root, '--opts', 'DATA.SYNTHETIC.MOTION', '0']) == 1
     assert 'DATA.SYNTHETIC.MOTION' in capsys.readouterr().err
+
+
+def test_a_dataset_drawn_by_an_older_generator_is_regenerated(tmp_path):
+    root = str(tmp_path / 'synthetic')
+    config = synthetic_config(root)
+    assert ensure_synthetic_dataset(config) is True
+    settings_path = os.path.join(root, 'synthetic.json')
+    with open(settings_path) as f:
+        settings = json.load(f)
+    assert settings['GENERATOR_VERSION'] == GENERATOR_VERSION
+    settings['GENERATOR_VERSION'] = GENERATOR_VERSION - 1  # as written before the drawing changed
+    with open(settings_path, 'w') as f:
+        json.dump(settings, f)
+    assert ensure_synthetic_dataset(config) is True
+    with open(settings_path) as f:
+        assert json.load(f)['GENERATOR_VERSION'] == GENERATOR_VERSION
