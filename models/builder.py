@@ -82,7 +82,8 @@ def model_settings(config):
                 prompt_layers=config.MODEL.PROMPT_LAYERS, prompt_alpha=config.MODEL.PROMPT_ALPHA,
                 msim_layers=config.MODEL.MSIM_LAYERS, erase_threshold=config.MODEL.ERASE_THRESHOLD,
                 use_local=config.MODEL.USE_LOCAL, fix_text=config.MODEL.FIX_TEXT,
-                drop_path_rate=config.MODEL.DROP_PATH_RATE, use_checkpoint=config.TRAIN.USE_CHECKPOINT)
+                drop_path_rate=config.MODEL.DROP_PATH_RATE, use_checkpoint=config.TRAIN.USE_CHECKPOINT,
+                msim_pos_init_std=config.MODEL.MSIM_POS_INIT_STD)
 
 
 def _check_input_size(config, dims):

@@ -109,6 +109,7 @@ class DKCLIP(CLIPTextTower):
         fix_text: the text encoder is frozen; its features are cached under ``no_grad``.
         drop_path_rate: stochastic depth of the last block of both vision encoders.
         use_checkpoint: activation checkpointing over the vision blocks.
+        msim_pos_init_std: initial std of msim's positional embedding (0.02 as released).
     """
 
     # Parameters the forward pass never uses (kept for checkpoint compatibility); the optimizer
@@ -116,7 +117,7 @@ class DKCLIP(CLIPTextTower):
     UNUSED_PARAMETER_PREFIXES = ('visual_semantic.ln_post.', 'visual_semantic.proj')
 
     def __init__(self, dims, *, num_frames, num_snippets, prompt_layers, prompt_alpha, msim_layers,
-                 erase_threshold, use_local, fix_text, drop_path_rate, use_checkpoint):
+                 erase_threshold, use_local, fix_text, drop_path_rate, use_checkpoint, msim_pos_init_std=0.02):
         super().__init__(dims.embed_dim, dims.context_length, dims.vocab_size, dims.transformer_width,
                          dims.transformer_heads, dims.transformer_layers)
         if num_frames % num_snippets:
@@ -132,7 +133,7 @@ class DKCLIP(CLIPTextTower):
                       use_checkpoint=use_checkpoint)
         self.visual = LocalVideoEncoder(frames_per_snippet=num_frames // num_snippets, **vision)
         self.visual_semantic = SnippetIntegrationEncoder(num_snippets=num_snippets, **vision)
-        self.msim = MultiSnippetIntegration(num_snippets, dims.embed_dim, msim_layers)
+        self.msim = MultiSnippetIntegration(num_snippets, dims.embed_dim, msim_layers, msim_pos_init_std)
         self.prompts_generator_cmam = VideoSpecificPromptGenerator(dims.embed_dim, prompt_layers,
                                                                    prompt_alpha)
         self.prompts_visual_ln = LayerNorm(dims.vision_width)

@@ -22,15 +22,17 @@ class MultiSnippetIntegration(nn.Module):
         num_snippets: S.
         embed_dim: E; heads = E / 64.
         layers: number of residual attention blocks.
+        position_init_std: std of the positional embedding's truncated normal (cut at +-2), 0.02 as
+            released (``MODEL.MSIM_POS_INIT_STD``).
     """
 
-    def __init__(self, num_snippets, embed_dim, layers):
+    def __init__(self, num_snippets, embed_dim, layers, position_init_std=0.02):
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.empty(1, num_snippets, embed_dim))
         heads = max(1, embed_dim // 64)
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(embed_dim, heads, norm_layer=nn.LayerNorm)
                                          for _ in range(layers)])
-        nn.init.trunc_normal_(self.positional_embedding, std=0.02)
+        nn.init.trunc_normal_(self.positional_embedding, std=position_init_std)
         self.apply(init_weights_vit_timm)
 
     def forward(self, snippet_features):

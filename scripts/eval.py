@@ -19,12 +19,10 @@ import argparse
 import logging
 import os
 
-from yacs.config import CfgNode
-
 from datasets import build_dataloaders
 from utils import distributed
 from utils.checkpoint import load_checkpoint, load_model_weights
-from utils.config import get_default_config, load_config, merge_opts, validate_config
+from utils.config import config_for_checkpoint, validate_config
 from utils.engine import build_model_for_run, evaluate_and_report
 from utils.files import write_json
 from utils.logger import close_logging, setup_logging
@@ -44,15 +42,7 @@ def parse_args(argv):
 
 def evaluation_config(args, checkpoint):
     """The config to evaluate with: ``--config`` or the checkpoint's, then ``--opts``; test only."""
-    if args.config:
-        config = load_config(argparse.Namespace(config=args.config, opts=args.opts, output='', resume='',
-                                                pretrained='', only_test=True, batch_size=0,
-                                                accumulation_steps=0))
-    else:
-        config = get_default_config()
-        config.merge_from_other_cfg(CfgNode.load_cfg(checkpoint['config']))
-        merge_opts(config, args.opts)
-    config.defrost()
+    config = config_for_checkpoint(checkpoint['config'], args.config, args.opts)
     config.TEST.ONLY_TEST = True
     config.MODEL.RESUME = args.checkpoint
     config.freeze()

@@ -34,7 +34,6 @@ import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from yacs.config import CfgNode
 
 from datasets import (AnnotationEntry, AnnotationError, VideoDataset, VideoReadError, normalize_videos,
                       read_annotation_list)
@@ -42,7 +41,7 @@ from datasets.decoding import count_frames
 from datasets.sampling import test_frame_indices
 from datasets.transforms import build_test_transform
 from utils.checkpoint import load_checkpoint, load_model_weights
-from utils.config import ConfigError, get_default_config, merge_config_file, merge_opts, validate_config
+from utils.config import ConfigError, config_for_checkpoint, validate_config
 from utils.files import write_json
 from utils.engine import autocast, build_model_for_run, class_prompt_tokens, resolve_amp_dtype
 from utils.logger import close_logging, setup_logging
@@ -83,12 +82,7 @@ def prediction_config(args, checkpoint):
     The annotation lists of the config are not needed (the inputs come from the command line), so only
     the settings and the label CSV are checked.
     """
-    config = get_default_config()
-    if args.config:
-        merge_config_file(config, args.config)
-    else:
-        config.merge_from_other_cfg(CfgNode.load_cfg(checkpoint['config']))
-    merge_opts(config, args.opts)
+    config = config_for_checkpoint(checkpoint['config'], args.config, args.opts)
     config.freeze()
     return validate_config(config, check_files=False)
 

@@ -7,7 +7,7 @@ import torch
 import models
 from conftest import tiny_clip_state_dict, tiny_config
 from datasets import normalize_videos
-from utils.engine import (Trainer, build_grad_scaler, build_model_for_run, class_prompt_tokens, evaluate,
+from utils.engine import (Trainer, build_grad_scaler, class_prompt_tokens, evaluate,
                           resolve_amp_dtype, shuffle_frames, train_one_epoch)
 from utils.optimizer import build_param_groups, build_scheduler
 
@@ -133,12 +133,3 @@ def test_multi_view_evaluation_sums_the_views_of_each_video():
     predictions = evaluation.scores['global'].argmax(1)
     labels = torch.cat([batch['labels'] for batch in loader])
     assert evaluation.heads['global']['WAR'] == pytest.approx(100 * (predictions == labels).float().mean().item())
-
-
-def test_msim_positional_init_follows_the_config():
-    released = build_model_for_run(tiny_config(), CPU)
-    assert released.msim.positional_embedding.std().item() == pytest.approx(0.02, rel=0.5)
-    torch.manual_seed(0)
-    widened = build_model_for_run(tiny_config(MODEL__MSIM_POS_INIT_STD=1.0), CPU)
-    positions = widened.msim.positional_embedding
-    assert 0.6 < positions.std().item() < 1.0 and positions.abs().max().item() <= 2.0  # truncated at 2 std

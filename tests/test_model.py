@@ -400,3 +400,13 @@ def test_trainable_text_is_recomputed_with_gradient():
         model(videos(2, 8), text)[0].sum().backward()
     assert runs == [True, True]
     assert model.text_projection.grad is not None and model.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_msim_positional_init_follows_the_config():
+    torch.manual_seed(0)
+    released = models.build_model(tiny_config(), tiny_clip_state_dict())
+    assert released.msim.positional_embedding.std().item() == pytest.approx(0.02, rel=0.5)
+    torch.manual_seed(0)
+    widened = models.build_model(tiny_config(MODEL__MSIM_POS_INIT_STD=1.0), tiny_clip_state_dict())
+    positions = widened.msim.positional_embedding
+    assert 0.6 < positions.std().item() < 1.0 and positions.abs().max().item() <= 2.0  # truncated at 2 std

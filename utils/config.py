@@ -306,6 +306,27 @@ def add_config_arguments(parser):
     return parser
 
 
+def config_for_checkpoint(stored_config, config_path='', opts=None):
+    """The config to use a trained checkpoint with (``scripts/eval.py``, ``scripts/predict.py``).
+
+    Args:
+        stored_config: the YAML text a checkpoint holds (its ``config`` entry).
+        config_path: a YAML file (with BASE) to use instead of the stored config; '' for the stored one.
+        opts: ``KEY VALUE`` overrides merged last.
+
+    Returns:
+        the config, not frozen and not validated (the caller sets what its tool needs first).
+    """
+    config = get_default_config()
+    if config_path:
+        merge_config_file(config, config_path)
+    else:
+        config.merge_from_other_cfg(CN.load_cfg(stored_config))
+    merge_opts(config, opts)
+    config.defrost()
+    return config
+
+
 def load_config(args):
     """Build the run's config: defaults, then ``args.config`` (with BASE), ``args.opts``, then flags."""
     config = get_default_config()

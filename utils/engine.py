@@ -25,9 +25,6 @@ from utils.reporting import class_names_from_prompts, per_class_table, result_li
 
 logger = logging.getLogger(__name__)
 
-# The msim positional-embedding initialisation of the release (spec model.md section 8).
-RELEASED_MSIM_POS_INIT_STD = 0.02
-
 
 def resolve_amp_dtype(opt_level, device):
     """The autocast dtype for ``TRAIN.OPT_LEVEL`` on ``device``; None means fp32 (no autocast).
@@ -317,18 +314,10 @@ def build_model_for_run(config, device, checkpoint=None):
     else:
         clip_state_dict = model_state_dict(checkpoint)
     model = models.build_model(config, clip_state_dict)
-    initialise_msim_positions(model, config.MODEL.MSIM_POS_INIT_STD)
     model = model.to(device)
     if config.TRAIN.COMPILE:
         models.compile_encoders(model)  # in place: state-dict names stay unchanged
     return model
-
-
-def initialise_msim_positions(model, std):
-    """Re-draw msim's positional embedding with ``MODEL.MSIM_POS_INIT_STD`` (truncated at 2 std) unless it
-    is the released 0.02 that ``models.build_model`` already used."""
-    if std != RELEASED_MSIM_POS_INIT_STD:
-        torch.nn.init.trunc_normal_(model.msim.positional_embedding, std=std, a=-2 * std, b=2 * std)
 
 
 def class_prompt_tokens(config, device):
