@@ -5,7 +5,6 @@ through ``F.scaled_dot_product_attention`` (fused kernels, no attention-weight m
 modules here take batch-first tensors ``[N, L, W]`` (OpenAI's code is sequence-first; the state dict
 does not depend on the layout).
 """
-from collections import OrderedDict
 from functools import partial
 
 import torch
@@ -15,21 +14,42 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+# Devices whose 16-bit LayerNorm kernel sums in fp32 (see LayerNorm).
+NATIVE_16BIT_LAYER_NORM_DEVICES = ('cuda',)
+
+
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (or wider) and cast back, so fp16/bf16 activations keep CLIP's
-    numerics; fp32 and fp64 inputs pass through unchanged (fp64 reference runs of the model work)."""
+    """CLIP's fp32-safe LayerNorm: the statistics of fp16/bf16 activations are computed in fp32.
+
+    fp32 and fp64 inputs run the plain LayerNorm. fp16/bf16 inputs on CUDA run PyTorch's native kernel,
+    which accumulates the mean, the variance and the weight and bias gradients in fp32 and writes the
+    input's dtype: one kernel where CLIP's recipe (upcast, normalise, cast back) takes three, and
+    autograd keeps the 16-bit input instead of an fp32 copy (about 2.4 GB less at ViT-B/16, batch 8 x
+    16 frames). The affine weight and bias are cast to the input's dtype (the CUDA kernel takes no mixed
+    dtypes) and autocast is off for the call (it would upcast the input and return fp32). On other
+    devices CLIP's recipe stays: the CPU kernel sums the bf16 weight and bias gradients in bf16 (5%
+    error over 4096 rows where fp32 gives 1e-7).
+    """
 
     def forward(self, x):
-        if x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return super().forward(x)
+        if x.device.type not in NATIVE_16BIT_LAYER_NORM_DEVICES:
             return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype),
+                                self.eps)
+
+
+# QuickGELU(h) = h * sigmoid(QUICK_GELU_SCALE * h).
+QUICK_GELU_SCALE = 1.702
 
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``; the pretrained weights expect it."""
 
     def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_SCALE * x)
 
 
 class MultiheadAttention(nn.Module):
@@ -61,13 +81,25 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
-def make_mlp(width, hidden_ratio=4):
-    """CLIP's MLP: ``c_fc`` (W -> 4W), QuickGELU, ``c_proj`` (4W -> W)."""
-    return nn.Sequential(OrderedDict([
-        ('c_fc', nn.Linear(width, width * hidden_ratio)),
-        ('gelu', QuickGELU()),
-        ('c_proj', nn.Linear(width * hidden_ratio, width)),
-    ]))
+class MLP(nn.Module):
+    """CLIP's MLP ``c_proj(QuickGELU(c_fc(x)))`` (W -> 4W -> W), under OpenAI's names.
+
+    Since ``QuickGELU(h) = SiLU(1.702 h) / 1.702``, the forward pass scales ``c_fc``'s weight and bias
+    by 1.702 and ``c_proj``'s weight by 1 / 1.702 and applies SiLU in between. The function is the same
+    (up to the rounding of the scaled weights), but the 4W-wide hidden activation, the largest tensor of
+    the block, goes through one fused kernel instead of three (and one instead of about five in
+    backward), and autograd keeps one 4W tensor for it instead of two. The scaling touches only the
+    weights, a few hundred times fewer elements than the activation at training batch sizes.
+    """
+
+    def __init__(self, width, hidden_ratio=4):
+        super().__init__()
+        self.c_fc = nn.Linear(width, width * hidden_ratio)
+        self.c_proj = nn.Linear(width * hidden_ratio, width)
+
+    def forward(self, x):
+        hidden = F.linear(x, self.c_fc.weight * QUICK_GELU_SCALE, self.c_fc.bias * QUICK_GELU_SCALE)
+        return F.linear(F.silu(hidden), self.c_proj.weight * (1 / QUICK_GELU_SCALE), self.c_proj.bias)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -86,7 +118,7 @@ class ResidualAttentionBlock(nn.Module):
         self.is_causal = is_causal
         self.attn = MultiheadAttention(width, num_heads)
         self.ln_1 = norm_layer(width)
-        self.mlp = make_mlp(width)
+        self.mlp = MLP(width)
         self.ln_2 = norm_layer(width)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -161,10 +193,25 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
+    def patchify(self, images):
+        """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` (kernel = stride = p, no bias),
+        computed as one matrix product over the flattened p x p patches.
+
+        The same sum as the convolution, in another order. On the GPU the convolution kernel needs
+        layout conversions and is several times slower than the matmul (about 2 ms of a 60 ms
+        ViT-B/16 training step at batch 8 x 16 frames).
+        """
+        batch, channels, height, width = images.shape
+        p = self.patch_size
+        patches = images.reshape(batch, channels, height // p, p, width // p, p)
+        # [N, H/p, W/p, C, p, p]: each patch's values in conv1.weight's (channel, row, column) order
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * p * p)
+        weight = self.conv1.weight
+        return F.linear(patches.to(weight.dtype), weight.flatten(1))
+
     def embed(self, images):
         """Images [N, 3, H, W] -> tokens [N, 1 + P, W] (class token first), after ``ln_pre``."""
-        patches = self.conv1(images.to(self.conv1.weight.dtype))  # [N, W, H/p, W/p]
-        patches = patches.flatten(2).transpose(1, 2)  # [N, P, W]
+        patches = self.patchify(images)  # [N, P, W]
         class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([class_token, patches], dim=1) + self.positional_embedding.to(patches.dtype)
         return self.ln_pre(tokens)

@@ -12,6 +12,10 @@ per code object: 2-3 stacks x training / evaluation x a dynamic and a size-1 las
 default of 8, after which the rest would silently run eagerly. :func:`compile_encoders` raises the limit
 to :data:`RECOMPILE_LIMIT`. The text-feature cache and the
 head run eagerly: they are small, and the cache's checks are plain Python.
+
+``TRAIN.COMPILE_MODE`` passes torch.compile's ``mode`` (``utils.engine.compile_options``):
+``reduce-overhead`` replays the compiled stacks as CUDA graphs, which removes most of the kernel-launch
+work of the host; the engine marks each step's start for them (``utils.engine.mark_compiled_step``).
 """
 import logging
 

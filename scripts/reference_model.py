@@ -10,13 +10,30 @@ independent check of the outputs; it is never used for training.
 
 Order: blocks, encoders, text tower, model.
 """
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip.layers import LayerNorm, make_mlp
+from clip.layers import QuickGELU
 from clip.model import clip_dims_from_state_dict
 from models.prompt_generator import CrossAttention, VideoSpecificPromptGenerator
+
+
+class LayerNorm(nn.LayerNorm):
+    """OpenAI's fp16-safe LayerNorm recipe: 16-bit input is upcast to fp32, normalised, cast back."""
+
+    def forward(self, x):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
+def make_mlp(width):
+    """OpenAI's MLP: ``c_fc`` (W -> 4W), QuickGELU as ``x * sigmoid(1.702 x)``, ``c_proj`` (4W -> W)."""
+    return nn.Sequential(OrderedDict([('c_fc', nn.Linear(width, 4 * width)), ('gelu', QuickGELU()),
+                                      ('c_proj', nn.Linear(4 * width, width))]))
 
 
 class SequenceFirstBlock(nn.Module):

@@ -1,6 +1,7 @@
 """The benchmark's model sections: the FLOP formula against torch's FLOP counter, the straightforward
 reference model against DK-CLIP, the CPU peak-memory meter, and the command line writing its JSON."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import clip
 import models
 from conftest import tiny_clip_state_dict, tiny_config
 from scripts import benchmark
-from scripts.model_benchmark import PeakMemory, forward_flops, input_dims, is_sync_warning
+from scripts.model_benchmark import PeakMemory, device_busy_seconds, forward_flops, input_dims, is_sync_warning
 from scripts.reference_model import build_reference_model
 from utils.optimizer import build_param_groups
 
@@ -142,6 +143,7 @@ def test_train_command_writes_the_documented_json(tmp_path):
         assert record['memory_method'] == 'rss_hwm_reset'
         assert record['peak_memory_mib'] > record['step_memory_mib']
         assert record['host_syncs'] is None  # counted on CUDA only
+        assert record['device_busy_s'] is None  # kernel time: CUDA only
 
 
 def test_eval_and_reference_commands(tmp_path, capsys):
@@ -183,3 +185,25 @@ def test_only_per_operation_sync_warnings_count_as_host_syncs():
     # warned once per process when the debug mode is first switched on: not a synchronisation
     assert not is_sync_warning('Synchronization debug mode is a prototype feature and does not yet detect '
                                'all synchronizing operations')
+
+
+def _event(device_type, microseconds, is_user_annotation=False):
+    return SimpleNamespace(device_type=device_type, self_device_time_total=microseconds,
+                           is_user_annotation=is_user_annotation)
+
+
+def test_device_busy_time_sums_kernels_once_per_step():
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [_event(cuda, 30_000.0), _event(cuda, 12_000.0),
+              _event(cpu, 42_000.0),  # an operator's row repeats its kernels' time: not counted
+              _event(cuda, 50_000.0, is_user_annotation=True)]  # a profiler range, not a kernel
+    assert device_busy_seconds(events, steps=3) == pytest.approx(0.042 / 3)
+    assert device_busy_seconds([_event(cpu, 1000.0)], steps=3) is None
+
+
+def test_profile_prints_the_top_operators(capsys):
+    assert benchmark.main(['train', '--preset', 'tiny', '--precision', 'fp32', '--steps', '1', '--warmup', '1',
+                           '--threads', '1', '--profile', '5']) == 0
+    out = capsys.readouterr().out
+    assert 'profile of 3 steps: train' in out and 'aten::' in out
+    assert 'busy ms' in out

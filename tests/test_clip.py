@@ -182,3 +182,83 @@ def test_layer_norm_keeps_fp64():  # an fp64 copy of a model serves as a roundin
     out = norm(x)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (8,)), rtol=1e-12, atol=1e-12)
+
+
+def _layer_norm_gradients(norm, x, grad_output):
+    """(output, d weight, d bias, d input) of ``norm`` at ``x``."""
+    norm.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out = norm(x)
+    out.backward(grad_output.to(out.dtype))
+    return out.detach(), norm.weight.grad, norm.bias.grad, x.grad
+
+
+def _relative_error(value, reference):
+    return ((value.double() - reference.double()).norm() / reference.double().norm()).item()
+
+
+def _check_native_16bit_layer_norm(device):
+    """The native 16-bit path under bf16 autocast: bf16 out, fp32-accurate statistics and gradients."""
+    torch.manual_seed(0)
+    norm = clip.LayerNorm(64).to(device)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.2)
+        norm.bias.normal_(0, 0.2)
+    x = (torch.randn(4096, 64, device=device) * 30 + 500).bfloat16()  # large mean: fp32 statistics needed
+    grad_output = torch.randn(4096, 64, device=device).bfloat16()
+    reference = torch.nn.LayerNorm(64).to(device).double()
+    reference.load_state_dict(norm.state_dict())
+    expected = _layer_norm_gradients(reference, x.double(), grad_output)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out, *grads = _layer_norm_gradients(norm, x, grad_output)
+    assert out.dtype == torch.bfloat16
+    assert _relative_error(out, expected[0]) < 1e-2  # bf16 output (and bf16-rounded weight and bias)
+    for grad, reference_grad in zip(grads, expected[1:]):
+        assert _relative_error(grad, reference_grad) < 1e-2
+
+
+def test_native_16bit_layer_norm_path(monkeypatch):
+    # The CUDA path, run on the CPU: forward values and the input gradient; the CPU kernel's weight
+    # and bias gradients are summed in bf16, which is why the CPU keeps CLIP's recipe.
+    monkeypatch.setattr(clip.layers, 'NATIVE_16BIT_LAYER_NORM_DEVICES', ('cpu',))
+    norm = clip.LayerNorm(64)
+    x = (torch.randn(256, 64) * 30 + 500).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    expected = torch.nn.functional.layer_norm(x.double(), (64,))
+    assert _relative_error(out, expected) < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_native_16bit_layer_norm_on_cuda():
+    _check_native_16bit_layer_norm('cuda')
+
+
+def test_cpu_16bit_layer_norm_keeps_fp32_recipe():
+    _check_native_16bit_layer_norm('cpu')
+
+
+def test_mlp_equals_quick_gelu_mlp():
+    torch.manual_seed(0)
+    mlp = clip.layers.MLP(32).double()
+    reference = torch.nn.Sequential(mlp.c_fc, clip.QuickGELU(), mlp.c_proj)
+    x = torch.randn(5, 32, dtype=torch.float64, requires_grad=True)
+    out = mlp(x)
+    out.sum().backward()
+    ours = [x.grad.clone()] + [p.grad.clone() for p in mlp.parameters()]
+    x.grad = None
+    mlp.zero_grad()
+    expected = reference(x)
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for grad, reference_grad in zip(ours, [x.grad] + [p.grad for p in mlp.parameters()]):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_patchify_equals_conv1():
+    torch.manual_seed(0)
+    tower = clip.VisionTransformer(32, 8, 64, 1, 1, 16).double()
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    expected = tower.conv1(images).flatten(2).transpose(1, 2)  # [N, P, W]
+    torch.testing.assert_close(tower.patchify(images), expected, rtol=1e-12, atol=1e-12)

@@ -59,3 +59,29 @@ def test_compiled_encoders_keep_names_outputs_and_gradients():
 def test_inductor_compiled_encoders_match_eager():
     torch._dynamo.reset()
     assert_compiled_equals_eager('inductor', MODEL__FIX_TEXT=False)
+
+
+def test_no_graph_break_in_the_16bit_block_stack(monkeypatch):
+    # The 16-bit LayerNorm path (CUDA's, run here on the CPU) traces into one graph with the blocks. On
+    # the H200 a graph break per LayerNorm (an untraceable helper, since removed) once split the stacks
+    # into dozens of graphs and made the compiled step slower than eager; the CPU did not show that one.
+    monkeypatch.setattr(clip.layers, 'NATIVE_16BIT_LAYER_NORM_DEVICES', ('cpu',))
+    model, _ = build()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        tokens = model.visual.embed(torch.randn(8, 3, 32, 32))
+        explanation = torch._dynamo.explain(model.visual.transformer)(tokens)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
+def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(monkeypatch):
+    from utils import engine
+    calls, steps = [], []
+    monkeypatch.setattr(models, 'compile_encoders', lambda model, **options: calls.append(options) or model)
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', lambda: steps.append(1))
+    for mode, expected in (('', {}), ('reduce-overhead', {'mode': 'reduce-overhead'})):
+        config = tiny_config(TRAIN__COMPILE=True, TRAIN__COMPILE_MODE=mode)
+        engine.build_model_for_run(config, torch.device('cpu'))
+        assert calls.pop() == expected
+        engine.mark_compiled_step(config)
+    engine.mark_compiled_step(tiny_config(TRAIN__COMPILE=False, TRAIN__COMPILE_MODE='reduce-overhead'))
+    assert steps == [1]  # only for compiled stacks with CUDA graphs

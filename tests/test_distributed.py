@@ -1,5 +1,4 @@
 """Gathering variable-length predictions over 2 gloo processes: every video once, in index order."""
-import os
 
 import torch
 import torch.distributed as dist

@@ -172,6 +172,9 @@ _C.TRAIN.CONSISTENCY_EPOCHS = 14
 _C.TRAIN.CLIP_GRAD = 0.0
 # torch.compile the video and text encoders.
 _C.TRAIN.COMPILE = False
+# torch.compile's mode with TRAIN.COMPILE ('' = its default; 'reduce-overhead' adds CUDA graphs,
+# 'max-autotune-no-cudagraphs' benchmarks matmul kernels while compiling, which takes minutes).
+_C.TRAIN.COMPILE_MODE = ''
 
 # ----------------------------------------------------------------------------------------------------
 # Loss
@@ -237,6 +240,7 @@ _C.PRINT_FREQ = 20
 _C.SEED = 1024
 
 KNOWN_OPT_LEVELS = ('O0', 'O1', 'bf16')
+KNOWN_COMPILE_MODES = ('', 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 KNOWN_CONSISTENCY = ('official', 'kl')
 KNOWN_BEST_METRICS = ('WAR', 'UAR')
 
@@ -392,6 +396,8 @@ def _validate_choices(config):
              config.DATA.NUM_DIVIDE, f'must divide DATA.NUM_FRAMES = {config.DATA.NUM_FRAMES}')
     _require(config.TRAIN.OPT_LEVEL in KNOWN_OPT_LEVELS, 'TRAIN.OPT_LEVEL', config.TRAIN.OPT_LEVEL,
              f'must be one of {KNOWN_OPT_LEVELS}')
+    _require(config.TRAIN.COMPILE_MODE in KNOWN_COMPILE_MODES, 'TRAIN.COMPILE_MODE', config.TRAIN.COMPILE_MODE,
+             f'must be one of {KNOWN_COMPILE_MODES}')
     _require(config.LOSS.CONSISTENCY in KNOWN_CONSISTENCY, 'LOSS.CONSISTENCY', config.LOSS.CONSISTENCY,
              f'must be one of {KNOWN_CONSISTENCY}')
     _require(config.TEST.BEST_METRIC in KNOWN_BEST_METRICS, 'TEST.BEST_METRIC', config.TEST.BEST_METRIC,

@@ -47,6 +47,13 @@ def autocast(device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def mark_compiled_step(config):
+    """Tell torch.compile's CUDA graphs (``TRAIN.COMPILE_MODE`` reduce-overhead) that a new step begins:
+    they reuse their output memory, and the previous step's outputs are no longer needed."""
+    if config.TRAIN.COMPILE and config.TRAIN.COMPILE_MODE == 'reduce-overhead':
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def build_grad_scaler(device, amp_dtype):
     """A ``GradScaler`` that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
     return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -99,6 +106,7 @@ def forward_backward(trainer, batch, epoch, window_size, is_update):
     Returns:
         (loss, parts): the undivided loss and its detached parts (0-d tensors on the device).
     """
+    mark_compiled_step(trainer.config)
     videos = batch['videos'].to(trainer.device, non_blocking=True)  # [B, T, 3, H, W] uint8
     targets = batch['labels'].to(trainer.device, non_blocking=True)
     videos = normalize_videos(videos, trainer.config)
@@ -250,6 +258,7 @@ def predict(model, loader, text_tokens, config, device, amp_dtype, frame_generat
         if frame_generator is not None:
             videos = shuffle_frames(videos, frame_generator)
         videos = normalize_videos(videos.to(device, non_blocking=True), config)
+        mark_compiled_step(config)
         with autocast(device, amp_dtype):
             logits_global, logits_local, _ = model(videos, text_tokens)
         for head, scores in head_scores(logits_global, logits_local, num_views).items():
@@ -316,8 +325,13 @@ def build_model_for_run(config, device, checkpoint=None):
     model = models.build_model(config, clip_state_dict)
     model = model.to(device)
     if config.TRAIN.COMPILE:
-        models.compile_encoders(model)  # in place: state-dict names stay unchanged
+        models.compile_encoders(model, **compile_options(config))  # in place: names stay unchanged
     return model
+
+
+def compile_options(config):
+    """``torch.compile`` keyword arguments from the config (``TRAIN.COMPILE_MODE``)."""
+    return dict(mode=config.TRAIN.COMPILE_MODE) if config.TRAIN.COMPILE_MODE else {}
 
 
 def class_prompt_tokens(config, device):
