@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of this project, in one call (about 9 minutes on an H100/H200):
-#   1. the training and evaluation step of the published ViT-B/16 setting (T 16, batch 8, 224 px) in
-#      bf16, fp16 and fp32, eager; every row also reports the GPU's busy time per step (host-bound or not);
-#   2. the CUDA tests (16-bit LayerNorm, CUDA vs CPU prediction), and main.py on the GPU (fp16 autocast
-#      with gradient scaling, a short demo run);
-#   3. bf16 with torch.compile of the encoders (with its operator profile), then with CUDA graphs
-#      (TRAIN.COMPILE_MODE reduce-overhead); bf16 with activation checkpointing at batch 32.
+# The GPU checks and benchmarks of this project, in two phases of about 4-5 minutes each on an H100/H200:
+#   eager:    the training and evaluation step of the published ViT-B/16 setting (T 16, batch 8, 224 px)
+#             in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32; every row also
+#             reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit LayerNorm,
+#             CUDA vs CPU prediction); main.py on the GPU (fp16 autocast with gradient scaling, 2 epochs);
+#   compiled: bf16 with torch.compile of the encoders (with its operator profile), then with CUDA graphs
+#             (TRAIN.COMPILE_MODE reduce-overhead); compiling takes about 2 minutes per variant.
 # Logs and JSON go to $OUT (default: device_out/). Usage, from the repository root:
-#     bash scripts/device_checks.sh
+#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 9 minutes)
 # Packages missing on the machine may be carried as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
+PHASE=${1:-all}
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -29,25 +30,28 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 
 BENCH=(python3 -m scripts.benchmark model --preset vit-b16 --peak-tflops bf16=989 fp16=989 fp32=67 --steps 10)
 TRAIN=(python3 -m scripts.benchmark train --preset vit-b16 --peak-tflops 989 --steps 10 --precision bf16)
-section "benchmark: ViT-B/16, T 16, batch 8, eager"
-run 150 "${BENCH[@]}" --precision bf16 fp16 fp32 --compile off --checkpoint off --json "$OUT/batch8.json"
 
-section "CUDA tests"
-run 80 python3 -m pytest -q -p no:cacheprovider tests/test_predict.py::test_cuda_matches_cpu \
-    tests/test_clip.py::test_native_16bit_layer_norm_on_cuda
-section "main.py on the GPU: O1 (fp16 + GradScaler), 2 epochs of a small synthetic set"
-SYN=/tmp/synthetic
-run 90 python3 main.py --config configs/demo.yaml --opts TRAIN.EPOCHS 2 TRAIN.OPT_LEVEL O1 DATA.NUM_WORKERS 4 \
-    DATA.ROOT $SYN DATA.TRAIN_FILE $SYN/train.txt DATA.VAL_FILE $SYN/test.txt DATA.LABEL_LIST $SYN/labels.csv \
-    DATA.SYNTHETIC.TRAIN_PER_CLASS 40 DATA.SYNTHETIC.TEST_PER_CLASS 10 TEST.REPORT_SHUFFLED False \
-    OUTPUT /tmp/demo_gpu
-grep -E 'RESULT|mem ' /tmp/demo_gpu/log_rank0.txt | tail -4 | tee -a "$LOG"
+if [[ $PHASE == eager || $PHASE == all ]]; then
+    section "benchmark: ViT-B/16, T 16, batch 8, eager"
+    run 150 "${BENCH[@]}" --precision bf16 fp16 fp32 --compile off --checkpoint off --json "$OUT/batch8.json"
+    section "benchmark: bf16, activation checkpointing, batch 32"
+    run 60 "${TRAIN[@]}" --compile off --checkpoint on --opts TRAIN.BATCH_SIZE 32 --json "$OUT/batch32_checkpoint.json"
+    section "CUDA tests"
+    run 80 python3 -m pytest -q -p no:cacheprovider tests/test_predict.py::test_cuda_matches_cpu \
+        tests/test_clip.py::test_native_16bit_layer_norm_on_cuda
+    section "main.py on the GPU: O1 (fp16 + GradScaler), 2 epochs of a small synthetic set"
+    SYN=/tmp/synthetic
+    run 90 python3 main.py --config configs/demo.yaml --opts TRAIN.EPOCHS 2 TRAIN.OPT_LEVEL O1 DATA.NUM_WORKERS 4 \
+        DATA.ROOT $SYN DATA.TRAIN_FILE $SYN/train.txt DATA.VAL_FILE $SYN/test.txt DATA.LABEL_LIST $SYN/labels.csv \
+        DATA.SYNTHETIC.TRAIN_PER_CLASS 40 DATA.SYNTHETIC.TEST_PER_CLASS 10 TEST.REPORT_SHUFFLED False \
+        OUTPUT /tmp/demo_gpu
+    grep -E 'RESULT|mem ' /tmp/demo_gpu/log_rank0.txt | tail -4 | tee -a "$LOG"
+fi
 
-# Compiling the two block stacks (forward and backward) takes about 2 minutes.
-section "benchmark: bf16 with torch.compile, batch 8"
-run 200 "${TRAIN[@]}" --compile on --profile 30 --json "$OUT/batch8_compile.json"
-section "benchmark: bf16 with torch.compile and CUDA graphs, batch 8"
-run 200 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead --json "$OUT/batch8_cuda_graphs.json"
-section "benchmark: bf16, activation checkpointing, batch 32"
-run 60 "${TRAIN[@]}" --compile off --checkpoint on --opts TRAIN.BATCH_SIZE 32 --json "$OUT/batch32_checkpoint.json"
+if [[ $PHASE == compiled || $PHASE == all ]]; then
+    section "benchmark: bf16 with torch.compile, batch 8"
+    run 200 "${TRAIN[@]}" --compile on --profile 30 --json "$OUT/batch8_compile.json"
+    section "benchmark: bf16 with torch.compile and CUDA graphs, batch 8"
+    run 200 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead --json "$OUT/batch8_cuda_graphs.json"
+fi
 section done
