@@ -24,9 +24,10 @@ class LayerNorm(nn.LayerNorm):
     fp32 and fp64 inputs run the plain LayerNorm. fp16/bf16 inputs on CUDA run PyTorch's native kernel,
     which accumulates the mean, the variance and the weight and bias gradients in fp32 and writes the
     input's dtype: one kernel where CLIP's recipe (upcast, normalise, cast back) takes three, and
-    autograd keeps the 16-bit input instead of an fp32 copy (about 2.4 GB less at ViT-B/16, batch 8 x
-    16 frames). The affine weight and bias are cast to the input's dtype (the CUDA kernel takes no mixed
-    dtypes) and autocast is off for the call (it would upcast the input and return fp32). On other
+    autograd keeps the 16-bit input instead of an fp32 copy (with :class:`MLP`, the peak memory of the
+    ViT-B/16 bf16 training step at batch 8 x 16 frames fell from 14.8 to 11.6 GiB on an H200). The
+    affine weight and bias are cast to the input's dtype (the CUDA kernel takes no mixed dtypes) and
+    autocast is off for the call (it would upcast the input and return fp32). On other
     devices CLIP's recipe stays: the CPU kernel sums the bf16 weight and bias gradients in bf16 (5%
     error over 4096 rows where fp32 gives 1e-7).
     """
@@ -197,9 +198,9 @@ class VisionTransformer(nn.Module):
         """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` (kernel = stride = p, no bias),
         computed as one matrix product over the flattened p x p patches.
 
-        The same sum as the convolution, in another order. On the GPU the convolution kernel needs
-        layout conversions and is several times slower than the matmul (about 2 ms of a 60 ms
-        ViT-B/16 training step at batch 8 x 16 frames).
+        The same sum as the convolution, in another order. On an H200 the convolution with its layout
+        conversions took about 2.3 ms of the 60 ms (kernel time) ViT-B/16 training step at batch 8 x 16
+        frames, for what is one 25088 x 768 x 768 matrix product.
         """
         batch, channels, height, width = images.shape
         p = self.patch_size

@@ -16,13 +16,12 @@ Subcommands (run from the repository root)::
 
 The config is the project's defaults, then ``--preset`` (``tiny``: the tests' CLIP of width 64 at 32
 px, T 8, batch 2; ``cpu-224``: ViT-B/16 widths at 224 px with 2 vision and 2 text layers, T 8, batch
-1, sized for a 2-core CPU; ``host``: the published setting's layers, frames, snippets and batch at width
-64 and 32 px, whose step time on a CPU is mostly the host's share of a GPU step - Python, dispatch,
-autograd - for comparing host overhead between code versions; ``vit-b16``: the published setting, ViT-B/16, T 16,
-S 4, batch 8, 224 px),
-then ``--config`` and ``--opts``; CLIP's weights are random, of the right shape
-(``MODEL.RANDOM_INIT``), unless ``MODEL.PRETRAINED`` names a file. Parameters are frozen as the config
-says (``utils.optimizer``).
+1, sized for a 2-core CPU; ``host``: the published setting's layers, frames, snippets and batch at
+width 64 and 32 px, whose step time on a CPU is mostly the host's share of a GPU step - Python,
+dispatch, autograd - for comparing host overhead between code versions; ``vit-b16``: the published
+setting, ViT-B/16, T 16, S 4, batch 8, 224 px), then ``--config`` and ``--opts``; CLIP's weights are
+random, of the right shape (``MODEL.RANDOM_INIT``), unless ``MODEL.PRETRAINED`` names a file.
+Parameters are frozen as the config says (``utils.optimizer``).
 
 What is timed (after ``--warmup`` steps, which also absorb ``torch.compile``):
 - ``train``: one optimisation step as ``utils.engine`` runs it - uint8 batch to the device, normalise,
@@ -695,8 +694,8 @@ def run_flops(args):
 
 def _add_common_arguments(parser):
     parser.add_argument('--preset', choices=list(PRESETS), default='tiny',
-                        help='model size: tiny (CPU tests), cpu-224 (224 px, 2 layers), host (published layers and batch, '
-                             'tiny tensors: host overhead), vit-b16 (published)')
+                        help='model size: tiny (CPU tests), cpu-224 (224 px, 2 layers), host (published '
+                             'layers and batch on tiny tensors: host overhead), vit-b16 (published)')
     parser.add_argument('--config', default='', help='YAML config merged after the preset')
     parser.add_argument('--opts', nargs='+', default=None, help="override settings: 'KEY VALUE' pairs")
     parser.add_argument('--json', default='', help='write the results to this JSON file')
