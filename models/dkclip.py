@@ -71,14 +71,21 @@ def _normalized_fp32(features):
     return F.normalize(features, dim=-1)
 
 
+def _has_autocast(device_type):
+    # False e.g. on the meta device. torch.compile (dynamo of torch <= 2.11) cannot trace this check, and
+    # a graph break here split the compiled head and made it recompile every step on an H200; a compiled
+    # model runs on a device with autocast, so the check is skipped while compiling.
+    return torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type)
+
+
 def _autocast_state(device_type):
-    if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
+    if not _has_autocast(device_type):
         return False, None
     return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
 def _autocast_off(device_type):
-    if not torch.amp.is_autocast_available(device_type):
+    if not _has_autocast(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
 
@@ -244,12 +251,16 @@ class DKCLIP(CLIPTextTower):
         return dict(logits_global=logits_global, logits_local=logits_local, video_features=video,
                     relevance=relevance, erased=erased)
 
+    def encode_and_classify(self, videos, text_features):
+        """Videos [B, T, 3, H, W] and class-prompt features t [K, E] -> the dict of :meth:`classify`:
+        everything between the inputs and the logits, which ``TRAIN.COMPILE`` compiles into one graph
+        (``models.compile``)."""
+        return self.classify(*self.encode_video(videos), text_features)
+
     def forward_details(self, videos, text_tokens):
         """Videos [B, T, 3, H, W] and text tokens [K, 77] -> the dict of :meth:`classify` (for the
         visualisation tools; :meth:`forward` returns its first three entries)."""
-        video_features, snippet_features, snippet_tokens = self.encode_video(videos)
-        text_features = self.encode_prompts(text_tokens)
-        return self.classify(video_features, snippet_features, snippet_tokens, text_features)
+        return self.encode_and_classify(videos, self.encode_prompts(text_tokens))
 
     def forward(self, videos, text_tokens):
         """Return ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``."""

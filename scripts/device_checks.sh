@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of this project, in two phases of about 4-5 minutes each on an H100/H200:
+# The GPU checks and benchmarks of this project, in two phases of about 4-6 minutes each on an H100/H200:
 #   eager:    the training and evaluation step of the published ViT-B/16 setting (T 16, batch 8, 224 px)
 #             in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32; every row also
 #             reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit LayerNorm,
 #             CUDA vs CPU prediction); main.py on the GPU (fp16 autocast with gradient scaling, 2 epochs);
-#   compiled: bf16 with torch.compile of the encoders (with its operator profile), then with CUDA graphs
-#             (TRAIN.COMPILE_MODE reduce-overhead); compiling takes about 2 minutes per variant.
+#   compiled: bf16 with torch.compile and CUDA graphs (TRAIN.COMPILE_MODE reduce-overhead), training and
+#             evaluation; the training step with only the block stacks compiled (TRAIN.COMPILE_SCOPE
+#             blocks), and without CUDA graphs (with its operator profile); compiling takes 1.5-2.5
+#             minutes per variant.
 # Logs and JSON go to $OUT (default: device_out/). Usage, from the repository root:
 #     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 9 minutes)
 # Packages missing on the machine may be carried as wheels in .whl/ (installed into /tmp/site).
@@ -49,9 +51,13 @@ if [[ $PHASE == eager || $PHASE == all ]]; then
 fi
 
 if [[ $PHASE == compiled || $PHASE == all ]]; then
-    section "benchmark: bf16 with torch.compile, batch 8"
-    run 200 "${TRAIN[@]}" --compile on --profile 30 --json "$OUT/batch8_compile.json"
-    section "benchmark: bf16 with torch.compile and CUDA graphs, batch 8"
-    run 200 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead --json "$OUT/batch8_cuda_graphs.json"
+    section "benchmark: bf16, torch.compile with CUDA graphs, batch 8, training and evaluation"
+    run 240 "${BENCH[@]}" --precision bf16 --compile on --opts TRAIN.COMPILE_MODE reduce-overhead \
+        --json "$OUT/batch8_cuda_graphs.json"
+    section "benchmark: the same training step with only the block stacks compiled (TRAIN.COMPILE_SCOPE blocks)"
+    run 150 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead TRAIN.COMPILE_SCOPE blocks \
+        --json "$OUT/batch8_cuda_graphs_blocks.json"
+    section "benchmark: bf16, torch.compile without CUDA graphs, batch 8"
+    run 150 "${TRAIN[@]}" --compile on --profile 30 --json "$OUT/batch8_compile.json"
 fi
 section done

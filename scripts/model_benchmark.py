@@ -33,7 +33,10 @@ Each step is bracketed by ``torch.cuda.synchronize`` on CUDA; the median over ``
 On CUDA, 3 more steps run under ``torch.profiler`` and their summed kernel time gives the device busy
 time per step (``busy ms``): the part of the wall time the GPU computes. Far below the wall time, the
 step is host-bound (Python, dispatch and launches keep the GPU waiting), and the MFU the step could
-reach on a faster host is MFU x wall / busy. ``--profile ROWS`` prints those steps' top operators.
+reach on a faster host is MFU x wall / busy. ``host ms`` (CUDA) is the median time until the step
+returns, before the closing synchronisation: the host's work, as the step never waits for the device
+(``host_syncs`` 0); close to the wall time, the host is the limit. ``--profile ROWS`` prints the
+profiled steps' top operators.
 A fresh model (same seed and weights) is built for each setting and measured alone; ``reference``
 times its three steps in turns instead, so that a change in the load of a shared CPU hits all three.
 ``--threads 1`` gives stable timings on a busy CPU (see :func:`cpu_threads`).
@@ -80,7 +83,8 @@ each record: ``section`` (train / eval), ``implementation`` (dkclip / reference)
 eval: forward x views), ``achieved_tflops``,
 ``mfu`` (null without a peak), ``host_syncs`` (CUDA: implicit synchronisations seen in one extra step
 under ``torch.cuda.set_sync_debug_mode``; null on the CPU), ``device_busy_s`` (CUDA: kernel time per
-step; null on the CPU), ``seconds`` (every timed step). ``model``
+step; null on the CPU), ``host_s`` (CUDA: median host time per step, see above; null on the CPU),
+``seconds`` (every timed step). ``model``
 adds ``eval_to_train_speed``; ``reference`` adds ``comparison``: output differences, the speed-ups
 with their targets, and the memory of each.
 """
@@ -209,12 +213,14 @@ class PeakMemory:
     """Context manager measuring the peak memory of the steps it encloses (see the module docstring).
 
     Attributes (after exit): ``peak_mib``, ``step_mib`` (peak minus the memory held on entry),
-    ``method``.
+    ``method``; on CUDA also ``peak_reserved_mib``, the most memory the caching allocator held (allocated
+    or cached), which includes the private memory pools of CUDA graphs: their tensors are allocated
+    once, when a graph is recorded, so the allocated peak of replayed steps leaves them out.
     """
 
     def __init__(self, device):
         self.device = device
-        self.baseline_mib = self.peak_mib = self.step_mib = None
+        self.baseline_mib = self.peak_mib = self.step_mib = self.peak_reserved_mib = None
         self.method = None
 
     def __enter__(self):
@@ -241,6 +247,7 @@ class PeakMemory:
         if self.method == 'cuda_max_allocated':
             torch.cuda.synchronize(self.device)
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.peak_reserved_mib = torch.cuda.max_memory_reserved(self.device) / 2 ** 20
         elif self.method == 'rss_hwm_reset':
             self.peak_mib = _status_mib('VmHWM')
         else:
@@ -255,20 +262,49 @@ def _synchronize(device):
 
 
 def _timed(step, device):
+    """Seconds of one ``step()``: (wall time until the device is done, host time until ``step`` returns).
+
+    A step without synchronisations returns once it has queued all its work; when the device is still
+    busy for long after that, the host is not what limits the step.
+    """
     _synchronize(device)
     started = time.perf_counter()
     step()
+    returned = time.perf_counter()
     _synchronize(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, returned - started
 
 
 def time_steps(step, device, warmup, steps):
-    """Run ``step()`` ``warmup`` times, then time ``steps`` calls; returns (seconds per step, memory)."""
+    """Run ``step()`` ``warmup`` times, then time ``steps`` calls.
+
+    Returns:
+        (wall seconds per step, host seconds per step (see :func:`_timed`), :class:`PeakMemory`).
+    """
     for _ in range(warmup):
         step()
     with PeakMemory(device) as memory:
-        seconds = [_timed(step, device) for _ in range(steps)]
-    return seconds, memory
+        timings = [_timed(step, device) for _ in range(steps)]
+    return [wall for wall, _ in timings], [host for _, host in timings], memory
+
+
+def time_back_to_back(step, device, steps):
+    """Seconds per step of ``steps`` calls queued back to back, as the training loop runs them (it reads
+    the device only at logging intervals): CUDA events between the steps, one synchronisation at the end.
+    While the device still computes one step, the host already queues the next, so the host's start of
+    a step (input copy, first launches) overlaps the device's end of the previous one. None on the CPU,
+    where the host runs the kernels itself and this equals the synchronised time.
+    """
+    if device.type != 'cuda':
+        return None
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    _synchronize(device)
+    events[0].record()
+    for event in events[1:]:
+        step()
+        event.record()
+    _synchronize(device)
+    return [start.elapsed_time(end) / 1000 for start, end in zip(events, events[1:])]
 
 
 def time_in_turns(steps, device, warmup, rounds):
@@ -284,7 +320,7 @@ def time_in_turns(steps, device, warmup, rounds):
     seconds = [[] for _ in steps]
     for _ in range(rounds):
         for times, step in zip(seconds, steps):
-            times.append(_timed(step, device))
+            times.append(_timed(step, device)[0])
     memories = []
     for step in steps:
         with PeakMemory(device) as memory:
@@ -346,6 +382,10 @@ class Record:
     mfu: float = None
     host_syncs: int = None
     device_busy_s: float = None
+    host_s: float = None
+    back_to_back_s: float = None
+    back_to_back_mfu: float = None
+    peak_reserved_mib: float = None
     seconds: list = field(default_factory=list)
 
 
@@ -418,7 +458,11 @@ def build_trainer(bench, variant):
         model = build_reference_model(model)
         optimizer = build_optimizer(config, model)
     if variant.compile:
-        models.compile_encoders(model, **compile_options(config))
+        # Each setting is measured alone: without the previous settings' compiled code, which counts
+        # towards dynamo's recompile limit (past it, a setting would silently run eagerly), and their CUDA
+        # graphs with the memory pools these hold.
+        torch._dynamo.reset()
+        models.compile_encoders(model, scope=config.TRAIN.COMPILE_SCOPE, **compile_options(config))
     amp_dtype = PRECISIONS[variant.precision]
     return Trainer(config=config, model=model, criterion=models.build_criterion(config), optimizer=optimizer,
                    scheduler=build_scheduler(config, optimizer, updates_per_epoch=10_000),
@@ -447,7 +491,8 @@ def make_step(bench, trainer, section):
 def measure(bench, section, variant, args):
     """Build, warm up, time and measure one variant; returns its :class:`Record`."""
     step = make_step(bench, build_trainer(bench, variant), section)
-    seconds, memory = time_steps(step, bench.device, args.warmup, args.steps)
+    seconds, host_seconds, memory = time_steps(step, bench.device, args.warmup, args.steps)
+    back_to_back = time_back_to_back(step, bench.device, args.steps)
     device_busy_s = None
     rows = getattr(args, 'profile', 0)
     if rows or bench.device.type == 'cuda':
@@ -455,8 +500,10 @@ def measure(bench, section, variant, args):
         device_busy_s = device_busy_seconds(profiler.key_averages(), PROFILED_STEPS)
         if rows:
             print_profile(profiler, bench.device, rows, f'{section} {variant}')
+    host_s = statistics.median(host_seconds) if bench.device.type == 'cuda' else None
     return make_record(bench, section, variant, seconds, memory, args,
-                       host_syncs=count_host_syncs(step, bench.device), device_busy_s=device_busy_s)
+                       host_syncs=count_host_syncs(step, bench.device), device_busy_s=device_busy_s, host_s=host_s,
+                       back_to_back_s=back_to_back and statistics.median(back_to_back))
 
 
 def profile_steps(step, device, steps):
@@ -494,20 +541,23 @@ def print_profile(profiler, device, rows, title):
     print(profiler.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
 
 
-def make_record(bench, section, variant, seconds, memory, args, host_syncs=None, device_busy_s=None):
+def make_record(bench, section, variant, seconds, memory, args, host_syncs=None, device_busy_s=None,
+                host_s=None, back_to_back_s=None):
     """The :class:`Record` of timed ``seconds`` and a :class:`PeakMemory` of ``variant``."""
     batch_size = len(bench.train_batch['labels'] if section == 'train' else bench.eval_batch['labels'])
     flops = bench.flops['total'] * (3 if section == 'train' else bench.num_views)
     median = statistics.median(seconds)
     achieved = flops * batch_size / median / 1e12
     peak = peak_tflops(args.peak_tflops, variant.precision)
+    back_to_back_mfu = flops * batch_size / back_to_back_s / 1e12 / peak if peak and back_to_back_s else None
     return Record(section=section, implementation=variant.implementation, precision=variant.precision,
                   compile=variant.compile, checkpoint=variant.checkpoint, batch_size=batch_size,
                   steps=len(seconds), median_s=median, videos_per_s=batch_size / median,
                   peak_memory_mib=memory.peak_mib, step_memory_mib=memory.step_mib,
                   memory_method=memory.method, flops_per_video=flops, achieved_tflops=achieved,
                   mfu=achieved / peak if peak else None, host_syncs=host_syncs, device_busy_s=device_busy_s,
-                  seconds=seconds)
+                  host_s=host_s, back_to_back_s=back_to_back_s, back_to_back_mfu=back_to_back_mfu,
+                  peak_reserved_mib=memory.peak_reserved_mib, seconds=seconds)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -573,19 +623,27 @@ def model_summary(args, bench):
                 dims=asdict(input_dims(config, bench.clip_state_dict)))
 
 
+def _optional(value, scale, spec):
+    """``value * scale`` formatted by ``spec`` (a trailing ``%`` is appended as text), '-' for None."""
+    if value is None:
+        return '-'
+    suffix = '%' if spec.endswith('%') else ''
+    return f'{value * scale:{spec.rstrip("%")}}{suffix}'
+
+
 def format_table(records):
     """The records as a fixed-width text table."""
     lines = [f"{'section':<8}{'impl':<10}{'prec':<6}{'compile':<8}{'ckpt':<6}{'batch':>6}{'ms/step':>10}"
-             f"{'busy ms':>9}{'videos/s':>10}{'peak MiB':>10}{'step MiB':>10}{'GFLOP/vid':>11}{'TFLOP/s':>9}"
-             f"{'MFU':>7}"]
+             f"{'b2b ms':>8}{'busy ms':>9}{'host ms':>9}{'videos/s':>10}{'peak MiB':>10}{'resv MiB':>10}"
+             f"{'step MiB':>10}{'GFLOP/vid':>11}{'TFLOP/s':>9}{'MFU':>7}{'b2b MFU':>9}"]
     for r in records:
-        mfu = '-' if r.mfu is None else f'{100 * r.mfu:.1f}%'
-        busy = '-' if r.device_busy_s is None else f'{1000 * r.device_busy_s:.1f}'
         lines.append(f'{r.section:<8}{r.implementation:<10}{r.precision:<6}{str(r.compile):<8}'
-                     f'{str(r.checkpoint):<6}{r.batch_size:>6}{1000 * r.median_s:>10.1f}{busy:>9}'
-                     f'{r.videos_per_s:>10.2f}'
-                     f'{r.peak_memory_mib:>10.0f}{r.step_memory_mib:>10.0f}{r.flops_per_video / 1e9:>11.2f}'
-                     f'{r.achieved_tflops:>9.3f}{mfu:>7}')
+                     f'{str(r.checkpoint):<6}{r.batch_size:>6}{1000 * r.median_s:>10.1f}'
+                     f'{_optional(r.back_to_back_s, 1000, ".1f"):>8}{_optional(r.device_busy_s, 1000, ".1f"):>9}'
+                     f'{_optional(r.host_s, 1000, ".1f"):>9}{r.videos_per_s:>10.2f}{r.peak_memory_mib:>10.0f}'
+                     f'{_optional(r.peak_reserved_mib, 1, ".0f"):>10}{r.step_memory_mib:>10.0f}'
+                     f'{r.flops_per_video / 1e9:>11.2f}{r.achieved_tflops:>9.3f}{_optional(r.mfu, 100, ".1f%"):>7}'
+                     f'{_optional(r.back_to_back_mfu, 100, ".1f%"):>9}')
     return '\n'.join(lines)
 
 
@@ -725,7 +783,7 @@ def add_model_commands(subparsers):
         parser.add_argument('--precision', nargs='+', choices=list(PRECISIONS), default=None,
                             help='autocast precisions (default: bf16 fp16 fp32 on CUDA, fp32 bf16 on CPU)')
         parser.add_argument('--compile', nargs='+', choices=['off', 'on'], default=['off'],
-                            help='torch.compile of the encoder blocks (models.compile_encoders)')
+                            help='torch.compile of the model (models.compile_encoders; TRAIN.COMPILE_MODE)')
         parser.add_argument('--checkpoint', nargs='+', choices=['off', 'on'], default=None,
                             help='activation checkpointing (default: TRAIN.USE_CHECKPOINT)')
         parser.set_defaults(run=run_steps)

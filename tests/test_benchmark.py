@@ -1,6 +1,7 @@
 """The benchmark's model sections: the FLOP formula against torch's FLOP counter, the straightforward
 reference model against DK-CLIP, the CPU peak-memory meter, and the command line writing its JSON."""
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,8 @@ import clip
 import models
 from conftest import tiny_clip_state_dict, tiny_config
 from scripts import benchmark
-from scripts.model_benchmark import PeakMemory, device_busy_seconds, forward_flops, input_dims, is_sync_warning
+from scripts.model_benchmark import (PeakMemory, Record, _timed, device_busy_seconds, format_table, forward_flops,
+                                     input_dims, is_sync_warning, time_back_to_back)
 from scripts.reference_model import build_reference_model
 from utils.optimizer import build_param_groups
 
@@ -144,6 +146,9 @@ def test_train_command_writes_the_documented_json(tmp_path):
         assert record['peak_memory_mib'] > record['step_memory_mib']
         assert record['host_syncs'] is None  # counted on CUDA only
         assert record['device_busy_s'] is None  # kernel time: CUDA only
+        # host time, back-to-back time and reserved memory: CUDA only
+        assert record['host_s'] is record['back_to_back_s'] is record['back_to_back_mfu'] is None
+        assert record['peak_reserved_mib'] is None
 
 
 def test_eval_and_reference_commands(tmp_path, capsys):
@@ -199,6 +204,31 @@ def test_device_busy_time_sums_kernels_once_per_step():
               _event(cuda, 50_000.0, is_user_annotation=True)]  # a profiler range, not a kernel
     assert device_busy_seconds(events, steps=3) == pytest.approx(0.042 / 3)
     assert device_busy_seconds([_event(cpu, 1000.0)], steps=3) is None
+
+
+def test_step_timing_separates_host_time_from_wall_time():
+    calls = []
+
+    def step():
+        time.sleep(0.02)
+        calls.append(1)
+    wall, host = _timed(step, torch.device('cpu'))
+    assert calls == [1] and 0.02 <= host <= wall
+    assert time_back_to_back(step, torch.device('cpu'), 3) is None and calls == [1]  # CUDA only
+
+
+def test_table_shows_the_cuda_columns_or_dashes():
+    fields = dict(section='train', implementation='dkclip', precision='bf16', compile=True, checkpoint=False,
+                  batch_size=8, steps=10, median_s=0.0507, videos_per_s=157.8, peak_memory_mib=2505.0,
+                  step_memory_mib=250.0, memory_method='cuda_max_allocated', flops_per_video=2.117e12,
+                  achieved_tflops=334.0, mfu=0.338)
+    cuda = Record(**fields, host_syncs=0, device_busy_s=0.0436, host_s=0.0311, back_to_back_s=0.0452,
+                  back_to_back_mfu=0.379, peak_reserved_mib=11900.0)
+    header, cuda_row, cpu_row = format_table([cuda, Record(**fields)]).splitlines()
+    assert header.split()[6:10] == ['ms/step', 'b2b', 'ms', 'busy']
+    assert cuda_row.split()[6:10] == ['50.7', '45.2', '43.6', '31.1']
+    assert cuda_row.split()[12] == '11900' and cuda_row.split()[-2:] == ['33.8%', '37.9%']
+    assert cpu_row.split()[7:10] == ['-', '-', '-'] and cpu_row.split()[-1] == '-'
 
 
 def test_profile_prints_the_top_operators(capsys):

@@ -125,6 +125,7 @@ def test_valid_config_passes(valid):
     ('TRAIN.BATCH_SIZE', -2, 'TRAIN.BATCH_SIZE = -2: must be positive'),
     ('TRAIN.OPT_LEVEL', 'O2', "TRAIN.OPT_LEVEL = 'O2'"),
     ('TRAIN.COMPILE_MODE', 'fast', "TRAIN.COMPILE_MODE = 'fast': must be one of"),
+    ('TRAIN.COMPILE_SCOPE', 'all', "TRAIN.COMPILE_SCOPE = 'all': must be one of"),
     ('LOSS.CONSISTENCY', 'mse', "LOSS.CONSISTENCY = 'mse'"),
     ('TEST.NUM_CROP', 2, 'TEST.NUM_CROP = 2: must be 1 or 3'),
     ('TEST.BEST_METRIC', 'F1', "TEST.BEST_METRIC = 'F1'"),

@@ -170,8 +170,11 @@ _C.TRAIN.USE_CHECKPOINT = False
 _C.TRAIN.CONSISTENCY_EPOCHS = 14
 # Clip the gradient norm to this value before each update (0: no clipping, as published).
 _C.TRAIN.CLIP_GRAD = 0.0
-# torch.compile the video and text encoders.
+# torch.compile the model (models.compile).
 _C.TRAIN.COMPILE = False
+# What TRAIN.COMPILE compiles: 'methods' (from the videos and text features to the logits, one graph) or
+# 'blocks' (only the block stacks of the encoders, the earlier design).
+_C.TRAIN.COMPILE_SCOPE = 'methods'
 # torch.compile's mode with TRAIN.COMPILE ('' = its default; 'reduce-overhead' adds CUDA graphs,
 # 'max-autotune-no-cudagraphs' benchmarks matmul kernels while compiling, which takes minutes).
 _C.TRAIN.COMPILE_MODE = ''
@@ -241,6 +244,7 @@ _C.SEED = 1024
 
 KNOWN_OPT_LEVELS = ('O0', 'O1', 'bf16')
 KNOWN_COMPILE_MODES = ('', 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+KNOWN_COMPILE_SCOPES = ('methods', 'blocks')
 KNOWN_CONSISTENCY = ('official', 'kl')
 KNOWN_BEST_METRICS = ('WAR', 'UAR')
 
@@ -398,6 +402,8 @@ def _validate_choices(config):
              f'must be one of {KNOWN_OPT_LEVELS}')
     _require(config.TRAIN.COMPILE_MODE in KNOWN_COMPILE_MODES, 'TRAIN.COMPILE_MODE', config.TRAIN.COMPILE_MODE,
              f'must be one of {KNOWN_COMPILE_MODES}')
+    _require(config.TRAIN.COMPILE_SCOPE in KNOWN_COMPILE_SCOPES, 'TRAIN.COMPILE_SCOPE', config.TRAIN.COMPILE_SCOPE,
+             f'must be one of {KNOWN_COMPILE_SCOPES}')
     _require(config.LOSS.CONSISTENCY in KNOWN_CONSISTENCY, 'LOSS.CONSISTENCY', config.LOSS.CONSISTENCY,
              f'must be one of {KNOWN_CONSISTENCY}')
     _require(config.TEST.BEST_METRIC in KNOWN_BEST_METRICS, 'TEST.BEST_METRIC', config.TEST.BEST_METRIC,

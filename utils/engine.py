@@ -325,7 +325,8 @@ def build_model_for_run(config, device, checkpoint=None):
     model = models.build_model(config, clip_state_dict)
     model = model.to(device)
     if config.TRAIN.COMPILE:
-        models.compile_encoders(model, **compile_options(config))  # in place: names stay unchanged
+        # in place: names stay unchanged
+        models.compile_encoders(model, scope=config.TRAIN.COMPILE_SCOPE, **compile_options(config))
     return model
 
 
