@@ -2,14 +2,15 @@
 # The GPU checks and benchmarks of this project, in two phases of about 4-6 minutes each on an H100/H200:
 #   eager:    the training and evaluation step of the published ViT-B/16 setting (T 16, batch 8, 224 px)
 #             in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32; every row also
-#             reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit LayerNorm,
-#             CUDA vs CPU prediction); main.py on the GPU (fp16 autocast with gradient scaling, 2 epochs);
+#             reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit
+#             LayerNorm, CUDA vs CPU prediction, CUDA graphs vs eager); main.py on the GPU (fp16
+#             autocast with gradient scaling, 2 epochs);
 #   compiled: bf16 with torch.compile and CUDA graphs (TRAIN.COMPILE_MODE reduce-overhead), training and
 #             evaluation; the training step with only the block stacks compiled (TRAIN.COMPILE_SCOPE
 #             blocks), and without CUDA graphs (with its operator profile); compiling takes 1.5-2.5
 #             minutes per variant.
 # Logs and JSON go to $OUT (default: device_out/). Usage, from the repository root:
-#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 9 minutes)
+#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 10 minutes)
 # Packages missing on the machine may be carried as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
 PHASE=${1:-all}
@@ -39,8 +40,9 @@ if [[ $PHASE == eager || $PHASE == all ]]; then
     section "benchmark: bf16, activation checkpointing, batch 32"
     run 60 "${TRAIN[@]}" --compile off --checkpoint on --opts TRAIN.BATCH_SIZE 32 --json "$OUT/batch32_checkpoint.json"
     section "CUDA tests"
-    run 80 python3 -m pytest -q -p no:cacheprovider tests/test_predict.py::test_cuda_matches_cpu \
-        tests/test_clip.py::test_native_16bit_layer_norm_on_cuda
+    run 200 python3 -m pytest -q -p no:cacheprovider tests/test_predict.py::test_cuda_matches_cpu \
+        tests/test_clip.py::test_native_16bit_layer_norm_on_cuda \
+        tests/test_compile.py::test_cuda_graphs_train_and_evaluate_like_eager
     section "main.py on the GPU: O1 (fp16 + GradScaler), 2 epochs of a small synthetic set"
     SYN=/tmp/synthetic
     run 90 python3 main.py --config configs/demo.yaml --opts TRAIN.EPOCHS 2 TRAIN.OPT_LEVEL O1 DATA.NUM_WORKERS 4 \
