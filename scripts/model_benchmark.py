@@ -35,20 +35,25 @@ time per step (``busy ms``): the part of the wall time the GPU computes. Far bel
 step is host-bound (Python, dispatch and launches keep the GPU waiting), and the MFU the step could
 reach on a faster host is MFU x wall / busy. ``host ms`` (CUDA) is the median time until the step
 returns, before the closing synchronisation: the host's work, as the step never waits for the device
-(``host_syncs`` 0); close to the wall time, the host is the limit. ``--profile ROWS`` prints the
-profiled steps' top operators.
+(``host_syncs`` 0); close to the wall time, the host is the limit. ``b2b ms`` (CUDA) is the median
+time per step of ``--steps`` more steps queued back to back without synchronising, measured with CUDA
+events, as the training loop runs them (it reads the device only every ``PRINT_FREQ`` steps): the host
+queues the next step while the device finishes the last; ``b2b MFU`` is the MFU at that time.
+``--profile ROWS`` prints the profiled steps' top operators.
 A fresh model (same seed and weights) is built for each setting and measured alone; ``reference``
 times its three steps in turns instead, so that a change in the load of a shared CPU hits all three.
 ``--threads 1`` gives stable timings on a busy CPU (see :func:`cpu_threads`).
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the timed steps (the peak counter is reset
-after warm-up; weights, gradients and optimizer state included). On the CPU, the process's resident
-set size: freed heap is returned to the system (glibc ``malloc_trim``), the kernel's RSS high-water
-mark is reset (``/proc/self/clear_refs``), and ``VmHWM`` is read after the steps. ``peak_memory_mib`` is
-that absolute peak (on the CPU it includes the Python runtime and every model alive in the process);
-``step_memory_mib`` is the peak minus what was held just before the timed steps (activations, gradients,
-temporaries). Where the high-water mark cannot be reset, the lifetime ``ru_maxrss`` is reported and
-``memory_method`` says so.
+after warm-up; weights, gradients and optimizer state included), and ``resv MiB``, the allocator's
+reserved peak, which also holds the memory pools of CUDA graphs (``TRAIN.COMPILE_MODE reduce-overhead``:
+their tensors are allocated when the graphs are recorded, during warm-up). On the CPU, the process's
+resident set size: freed heap is returned to the system (glibc ``malloc_trim``), the kernel's RSS
+high-water mark is reset (``/proc/self/clear_refs``), and ``VmHWM`` is read after the steps.
+``peak_memory_mib`` is that absolute peak (on the CPU it includes the Python runtime and every model
+alive in the process); ``step_memory_mib`` is the peak minus what was held just before the timed steps
+(activations, gradients, temporaries). Where the high-water mark cannot be reset, the lifetime
+``ru_maxrss`` is reported and ``memory_method`` says so.
 
 FLOPs (``forward_flops``): 2 x the multiply-adds of every matrix product and convolution of one
 video's forward pass; normalisations, softmax, activations and other element-wise work are not counted.
@@ -83,8 +88,9 @@ each record: ``section`` (train / eval), ``implementation`` (dkclip / reference)
 eval: forward x views), ``achieved_tflops``,
 ``mfu`` (null without a peak), ``host_syncs`` (CUDA: implicit synchronisations seen in one extra step
 under ``torch.cuda.set_sync_debug_mode``; null on the CPU), ``device_busy_s`` (CUDA: kernel time per
-step; null on the CPU), ``host_s`` (CUDA: median host time per step, see above; null on the CPU),
-``seconds`` (every timed step). ``model``
+step; null on the CPU), ``host_s`` (CUDA: median host time per step, see above), ``back_to_back_s``
+and ``back_to_back_mfu`` (CUDA: the ``b2b`` figures), ``peak_reserved_mib`` (CUDA: ``resv MiB``) - these
+four null on the CPU - and ``seconds`` (every timed step). ``model``
 adds ``eval_to_train_speed``; ``reference`` adds ``comparison``: output differences, the speed-ups
 with their targets, and the memory of each.
 """
