@@ -21,15 +21,14 @@ NATIVE_16BIT_LAYER_NORM_DEVICES = ('cuda',)
 class LayerNorm(nn.LayerNorm):
     """CLIP's fp32-safe LayerNorm: the statistics of fp16/bf16 activations are computed in fp32.
 
-    fp32 and fp64 inputs run the plain LayerNorm. fp16/bf16 inputs on CUDA run PyTorch's native kernel,
-    which accumulates the mean, the variance and the weight and bias gradients in fp32 and writes the
-    input's dtype: one kernel where CLIP's recipe (upcast, normalise, cast back) takes three, and
-    autograd keeps the 16-bit input instead of an fp32 copy (with :class:`MLP`, the peak memory of the
-    ViT-B/16 bf16 training step at batch 8 x 16 frames fell from 14.8 to 11.6 GiB on an H200). The
-    affine weight and bias are cast to the input's dtype (the CUDA kernel takes no mixed dtypes) and
-    autocast is off for the call (it would upcast the input and return fp32). On other
-    devices CLIP's recipe stays: the CPU kernel sums the bf16 weight and bias gradients in bf16 (5%
-    error over 4096 rows where fp32 gives 1e-7).
+    fp32 and fp64 inputs run the plain LayerNorm. fp16/bf16 inputs on CUDA run PyTorch's native kernel, which
+    accumulates the mean, the variance and the weight and bias gradients in fp32 and writes the input's dtype:
+    one kernel where CLIP's recipe (upcast, normalise, cast back) takes three, and autograd keeps the 16-bit
+    input instead of an fp32 copy (with :class:`MLP`, the peak memory of the ViT-B/16 bf16 training step at
+    batch 8 x 16 frames fell from 14.8 to 11.6 GiB on an H200). The affine weight and bias are cast to the
+    input's dtype (the CUDA kernel takes no mixed dtypes) and autocast is off for the call (it would upcast
+    the input and return fp32). On other devices CLIP's recipe stays: the CPU kernel sums the bf16 weight and
+    bias gradients in bf16 (5% error over 4096 rows where fp32 gives 1e-7).
     """
 
     def forward(self, x):

@@ -2,10 +2,10 @@
 
 Prints the per-class recall table and the ``RESULT head=... UAR=... WAR=...`` lines of the global, local
 and fused heads, and writes them (with the confusion matrices) to a JSON file, with pictures next to it:
-``<json>.confusion_<head>.png`` (row-normalised confusion matrix) and ``<json>.recall.png`` (per-class
-recall of the heads). The evaluation code is
-the one ``main.py`` runs after every epoch; under torchrun the test list is split across processes and
-the predictions are gathered before any metric is computed.
+``<stem>.confusion_<head>.png`` (row-normalised confusion matrix) and ``<stem>.recall.png`` (per-class
+recall of the heads), where ``<stem>`` is the JSON path without ``.json``. The evaluation code is the one
+``main.py`` runs after every epoch; under torchrun the test list is split across processes and the
+predictions are gathered before any metric is computed.
 
 Usage, from the repository root::
 
