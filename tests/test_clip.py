@@ -259,6 +259,29 @@ def test_mlp_equals_quick_gelu_mlp():
         torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-12)
 
 
+
+def _hidden_tensors_kept_for_backward(mlp, x):
+    """Distinct storages of activation shape [N, 4W] that autograd keeps from ``mlp(x)``."""
+    kept = set()
+
+    def pack(tensor):
+        if tuple(tensor.shape) == (x.shape[0], 4 * x.shape[1]):
+            kept.add(tensor.untyped_storage().data_ptr())
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        mlp(x)
+    return len(kept)
+
+
+def test_mlp_keeps_two_hidden_tensors_for_backward():
+    # The activation memory the SiLU form saves (clip.layers.MLP docstring): SiLU's input and c_proj's
+    # input, where QuickGELU also keeps its sigmoid.
+    mlp = clip.layers.MLP(32)
+    x = torch.randn(6, 32, requires_grad=True)
+    quick_gelu_mlp = torch.nn.Sequential(mlp.c_fc, clip.QuickGELU(), mlp.c_proj)
+    assert _hidden_tensors_kept_for_backward(mlp, x) == 2
+    assert _hidden_tensors_kept_for_backward(quick_gelu_mlp, x) == 3
+
 def test_patchify_equals_conv1():
     torch.manual_seed(0)
     tower = clip.VisionTransformer(32, 8, 64, 1, 1, 16).double()
