@@ -468,7 +468,7 @@ def build_trainer(bench, variant):
         # towards dynamo's recompile limit (past it, a setting would silently run eagerly), and their CUDA
         # graphs with the memory pools these hold.
         torch._dynamo.reset()
-        models.compile_encoders(model, scope=config.TRAIN.COMPILE_SCOPE, **compile_options(config))
+        models.compile_encoders(model, **compile_options(config))
     amp_dtype = PRECISIONS[variant.precision]
     return Trainer(config=config, model=model, criterion=models.build_criterion(config), optimizer=optimizer,
                    scheduler=build_scheduler(config, optimizer, updates_per_epoch=10_000),

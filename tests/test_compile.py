@@ -46,13 +46,13 @@ def compiled_now(model):
     return methods + modules
 
 
-def assert_compiled_equals_eager(backend, scope='methods', **overrides):
+def assert_compiled_equals_eager(backend, scope='methods', memory_budget=1.0, **overrides):
     # inductor fuses and reorders reductions (softmax, LayerNorm), so fp32 results differ in the last
     # few bits: the tolerance allows that and nothing more.
     eager, criterion = build(**overrides)
     compiled, _ = build(**overrides)
     names = list(compiled.state_dict())
-    assert models.compile_encoders(compiled, scope=scope, backend=backend) is compiled
+    assert models.compile_encoders(compiled, scope=scope, memory_budget=memory_budget, backend=backend) is compiled
     assert list(compiled.state_dict()) == names  # checkpoints load either way
     assert sorted(compiled_now(compiled)) == sorted(compiled_parts(compiled, scope))
     expected_outputs, expected_grads = train_step(eager, criterion)
@@ -68,6 +68,33 @@ def test_compiled_encoders_keep_names_outputs_and_gradients():
 def test_compiled_block_stacks_keep_names_outputs_and_gradients():
     torch._dynamo.reset()
     assert_compiled_equals_eager('aot_eager', scope='blocks', MODEL__FIX_TEXT=False)
+
+
+def kept_for_backward_bytes(model):
+    """Bytes of the distinct storages that ``model``'s forward pass keeps for backward."""
+    storages = {}
+
+    def keep(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+    videos = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(videos, clip.tokenize(['smile', 'frown', 'neutral']))
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize('scope', ['methods', 'blocks'])
+def test_memory_budget_recomputes_instead_of_keeping(scope):
+    # The partitioner of aot_eager_decomp_partition is inductor's, without generating kernels.
+    kept = {}
+    for budget in (0.5, 1.0):
+        torch._dynamo.reset()  # dynamo would reuse the graphs compiled under the other budget
+        assert_compiled_equals_eager('aot_eager_decomp_partition', scope=scope, memory_budget=budget)
+        model, _ = build()
+        models.compile_encoders(model, scope=scope, memory_budget=budget, backend='aot_eager_decomp_partition')
+        kept[budget] = kept_for_backward_bytes(model)
+    assert kept[0.5] < 0.8 * kept[1.0], kept
+    assert torch._functorch.config.activation_memory_budget == 1.0  # set only around the compiled calls
 
 
 @pytest.mark.slow
@@ -146,9 +173,11 @@ def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(monkeypat
     calls, steps = [], []
     monkeypatch.setattr(models, 'compile_encoders', lambda model, **options: calls.append(options) or model)
     monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', lambda: steps.append(1))
-    for mode, scope, expected in (('', 'methods', {'scope': 'methods'}),
-                                  ('reduce-overhead', 'blocks', {'mode': 'reduce-overhead', 'scope': 'blocks'})):
-        config = tiny_config(TRAIN__COMPILE=True, TRAIN__COMPILE_MODE=mode, TRAIN__COMPILE_SCOPE=scope)
+    for mode, scope, budget, expected in (
+            ('', 'methods', 1.0, {'scope': 'methods', 'memory_budget': 1.0}),
+            ('reduce-overhead', 'blocks', 0.8, {'mode': 'reduce-overhead', 'scope': 'blocks', 'memory_budget': 0.8})):
+        config = tiny_config(TRAIN__COMPILE=True, TRAIN__COMPILE_MODE=mode, TRAIN__COMPILE_SCOPE=scope,
+                             TRAIN__COMPILE_MEMORY_BUDGET=budget)
         engine.build_model_for_run(config, torch.device('cpu'))
         assert calls.pop() == expected
         engine.mark_compiled_step(config)

@@ -126,6 +126,7 @@ def test_valid_config_passes(valid):
     ('TRAIN.OPT_LEVEL', 'O2', "TRAIN.OPT_LEVEL = 'O2'"),
     ('TRAIN.COMPILE_MODE', 'fast', "TRAIN.COMPILE_MODE = 'fast': must be one of"),
     ('TRAIN.COMPILE_SCOPE', 'all', "TRAIN.COMPILE_SCOPE = 'all': must be one of"),
+    ('TRAIN.COMPILE_MEMORY_BUDGET', 1.5, r'TRAIN.COMPILE_MEMORY_BUDGET = 1.5: must lie in \[0, 1\]'),
     ('LOSS.CONSISTENCY', 'mse', "LOSS.CONSISTENCY = 'mse'"),
     ('TEST.NUM_CROP', 2, 'TEST.NUM_CROP = 2: must be 1 or 3'),
     ('TEST.BEST_METRIC', 'F1', "TEST.BEST_METRIC = 'F1'"),

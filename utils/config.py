@@ -178,6 +178,10 @@ _C.TRAIN.COMPILE_SCOPE = 'methods'
 # torch.compile's mode with TRAIN.COMPILE ('' = its default; 'reduce-overhead' adds CUDA graphs,
 # 'max-autotune-no-cudagraphs' benchmarks matmul kernels while compiling, which takes minutes).
 _C.TRAIN.COMPILE_MODE = ''
+# Activations the compiled graphs keep for backward, from 0 (the least: recompute all it can) to 1.0 (the
+# default); a little below 1 recomputes cheap element-wise results (the MLP's activation, LayerNorm
+# outputs) instead of keeping them, and no matrix product (models.compile).
+_C.TRAIN.COMPILE_MEMORY_BUDGET = 1.0
 
 # ----------------------------------------------------------------------------------------------------
 # Loss
@@ -379,7 +383,8 @@ def _validate_ranges(config):
                     'TRAIN.CONSISTENCY_EPOCHS', 'TRAIN.CLIP_GRAD', 'TRAIN.MIN_LR_RATIO', 'LOSS.LAMBDA',
                     'AUG.MIXUP', 'AUG.CUTMIX', 'TEST.BATCH_SIZE']
     probabilities = ['DATA.VAL_FRACTION', 'MODEL.ERASE_THRESHOLD', 'MODEL.DROP_PATH_RATE',
-                     'AUG.LABEL_SMOOTH', 'AUG.COLOR_JITTER', 'AUG.GRAY_SCALE', 'AUG.MIXUP_SWITCH_PROB']
+                     'AUG.LABEL_SMOOTH', 'AUG.COLOR_JITTER', 'AUG.GRAY_SCALE', 'AUG.MIXUP_SWITCH_PROB',
+                     'TRAIN.COMPILE_MEMORY_BUDGET']
     for key in positive:
         value = _get(config, key)
         _require(value > 0, key, value, 'must be positive')

@@ -326,13 +326,17 @@ def build_model_for_run(config, device, checkpoint=None):
     model = model.to(device)
     if config.TRAIN.COMPILE:
         # in place: names stay unchanged
-        models.compile_encoders(model, scope=config.TRAIN.COMPILE_SCOPE, **compile_options(config))
+        models.compile_encoders(model, **compile_options(config))
     return model
 
 
 def compile_options(config):
-    """``torch.compile`` keyword arguments from the config (``TRAIN.COMPILE_MODE``)."""
-    return dict(mode=config.TRAIN.COMPILE_MODE) if config.TRAIN.COMPILE_MODE else {}
+    """Keyword arguments of :func:`models.compile_encoders` from the config: ``TRAIN.COMPILE_SCOPE``,
+    ``TRAIN.COMPILE_MEMORY_BUDGET`` and, when set, ``TRAIN.COMPILE_MODE`` (torch.compile's ``mode``)."""
+    options = dict(scope=config.TRAIN.COMPILE_SCOPE, memory_budget=config.TRAIN.COMPILE_MEMORY_BUDGET)
+    if config.TRAIN.COMPILE_MODE:
+        options['mode'] = config.TRAIN.COMPILE_MODE
+    return options
 
 
 def class_prompt_tokens(config, device):
