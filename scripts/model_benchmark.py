@@ -80,9 +80,9 @@ precision measured, e.g. 989 for bf16/fp16 dense on H100/H200 SXM; ``bf16=989 fp
 
 JSON (``--json``): ``{"command", "environment": {torch, device, device_name, threads, load_average,
 cpu_bf16, cpu_amx}, "model": {preset, arch, input_size, num_frames, num_snippets, batch_size,
-eval_batch_size, num_classes, num_views, fix_text, dims}, "flops_per_video": {part: forward FLOPs},
-"results": [record, ...]}`` with
-each record: ``section`` (train / eval), ``implementation`` (dkclip / reference), ``precision``,
+eval_batch_size, num_classes, num_views, fix_text, dims, compile_options}, "flops_per_video": {part:
+forward FLOPs}, "results": [record, ...]}`` (``compile_options``: scope, memory budget and mode of the
+rows with ``compile`` true) with each record: ``section`` (train / eval), ``implementation`` (dkclip / reference), ``precision``,
 ``compile``, ``checkpoint``, ``batch_size``, ``steps``, ``median_s``, ``videos_per_s``,
 ``peak_memory_mib``, ``step_memory_mib``, ``memory_method``, ``flops_per_video`` (train: 3 x forward;
 eval: forward x views), ``achieved_tflops``,
@@ -626,7 +626,7 @@ def model_summary(args, bench):
                 num_frames=config.DATA.NUM_FRAMES, num_snippets=config.DATA.NUM_DIVIDE,
                 batch_size=config.TRAIN.BATCH_SIZE, eval_batch_size=len(bench.eval_batch['labels']),
                 num_classes=len(bench.text_tokens), num_views=bench.num_views, fix_text=config.MODEL.FIX_TEXT,
-                dims=asdict(input_dims(config, bench.clip_state_dict)))
+                dims=asdict(input_dims(config, bench.clip_state_dict)), compile_options=compile_options(config))
 
 
 def _optional(value, scale, spec):
@@ -656,8 +656,9 @@ def format_table(records):
 def report(args, bench, records, **extra):
     """Print the table (and ``extra``) and write the JSON when ``--json`` is given."""
     memory_method = records[0].memory_method if records else '-'
+    compiled = f', compiled: {compile_options(bench.config)}' if any(r.compile for r in records) else ''
     print(f'{bench.config.MODEL.ARCH} ({args.preset}), {bench.device}, memory: {memory_method}, '
-          f'load average {os.getloadavg()[0]:.2f}')
+          f'load average {os.getloadavg()[0]:.2f}{compiled}')
     print(format_table(records))
     for name, value in extra.items():
         print(f'{name}: {json.dumps(value)}')

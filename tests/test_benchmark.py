@@ -126,6 +126,8 @@ def test_train_command_writes_the_documented_json(tmp_path):
     assert status == 0 and torch.get_num_threads() == threads  # restored
     result = json.loads(path.read_text())
     assert result['command'] == 'train' and result['model']['preset'] == 'tiny'
+    # what TRAIN.COMPILE would compile, and how: the rows with compile True ran with these
+    assert result['model']['compile_options'] == {'scope': 'methods', 'memory_budget': 1.0}
     assert set(result['environment']) >= {'torch', 'device', 'device_name', 'load_average', 'cpu_bf16'}
     assert result['environment']['threads'] == 1
     config = tiny_config()
