@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of this project, in two phases of about 4-6 minutes each on an H100/H200:
-#   eager:    the training and evaluation step of the published ViT-B/16 setting (T 16, batch 8, 224 px)
-#             in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32; every row also
-#             reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit
+# The GPU checks and benchmarks of this project on an H100/H200, in two phases, each of which can run alone:
+#   eager:    (about 5 minutes) the training and evaluation step of the published ViT-B/16 setting (T 16,
+#             batch 8, 224 px) in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32;
+#             every row also reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit
 #             LayerNorm, CUDA vs CPU prediction, CUDA graphs vs eager); main.py on the GPU (fp16
 #             autocast with gradient scaling, 2 epochs);
 #   compiled: bf16 with torch.compile and CUDA graphs (TRAIN.COMPILE_MODE reduce-overhead), training and
 #             evaluation; the training step recomputing element-wise activations
-#             (TRAIN.COMPILE_MEMORY_BUDGET 0.9), with only the block stacks compiled (TRAIN.COMPILE_SCOPE
-#             blocks), and without CUDA graphs (with its operator profile); compiling takes 1.5-2.5
-#             minutes per variant.
+#             (TRAIN.COMPILE_MEMORY_BUDGET 0.9); evaluation at batch 32; the training step with only the
+#             block stacks compiled (TRAIN.COMPILE_SCOPE blocks), and without CUDA graphs (with its
+#             operator profile); compiling takes 1.5-2.5 minutes per variant, so this phase takes
+#             about 10 minutes (its rows run most decisive first).
 # Logs and JSON go to $OUT (default: device_out/). Usage, from the repository root:
-#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 10 minutes)
+#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 15 minutes)
 # Packages missing on the machine may be carried as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
 PHASE=${1:-all}
@@ -61,6 +62,9 @@ if [[ $PHASE == compiled || $PHASE == all ]]; then
     section "benchmark: the same training step keeping 90% of the activations (TRAIN.COMPILE_MEMORY_BUDGET 0.9)"
     run 150 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead TRAIN.COMPILE_MEMORY_BUDGET 0.9 \
         --json "$OUT/batch8_cuda_graphs_budget.json"
+    section "benchmark: the same evaluation step at 32 videos per step (TEST.BATCH_SIZE 32)"
+    run 120 python3 -m scripts.benchmark eval --preset vit-b16 --peak-tflops 989 --steps 10 --precision bf16 \
+        --compile on --opts TRAIN.COMPILE_MODE reduce-overhead TEST.BATCH_SIZE 32 --json "$OUT/eval32_cuda_graphs.json"
     section "benchmark: the same training step with only the block stacks compiled (TRAIN.COMPILE_SCOPE blocks)"
     run 150 "${TRAIN[@]}" --compile on --opts TRAIN.COMPILE_MODE reduce-overhead TRAIN.COMPILE_SCOPE blocks \
         --json "$OUT/batch8_cuda_graphs_blocks.json"
