@@ -81,8 +81,8 @@ def compile_encoders(model, scope='methods', memory_budget=1.0, **compile_option
         model: a :class:`models.DKCLIP`, or a wrapper holding it in ``.module`` (DDP).
         scope: ``TRAIN.COMPILE_SCOPE``: ``'methods'`` (encode_and_classify and, without ``fix_text``,
             encode_text) or ``'blocks'`` (only the block stacks of the encoders, the earlier design).
-        memory_budget: ``TRAIN.COMPILE_MEMORY_BUDGET`` in [0, 1]: the share of the default activation
-            memory the compiled graphs keep for backward (1: all of it, torch's default).
+        memory_budget: ``TRAIN.COMPILE_MEMORY_BUDGET`` in [0, 1]: where the activations the compiled
+            graphs keep for backward lie between the least they could keep (0) and torch's default (1).
         **compile_options: passed to ``torch.compile`` (e.g. ``mode='reduce-overhead'``, ``backend=...``).
 
     Returns:

@@ -82,17 +82,16 @@ JSON (``--json``): ``{"command", "environment": {torch, device, device_name, thr
 cpu_bf16, cpu_amx}, "model": {preset, arch, input_size, num_frames, num_snippets, batch_size,
 eval_batch_size, num_classes, num_views, fix_text, dims, compile_options}, "flops_per_video": {part:
 forward FLOPs}, "results": [record, ...]}`` (``compile_options``: scope, memory budget and mode of the
-rows with ``compile`` true) with each record: ``section`` (train / eval), ``implementation`` (dkclip / reference), ``precision``,
-``compile``, ``checkpoint``, ``batch_size``, ``steps``, ``median_s``, ``videos_per_s``,
-``peak_memory_mib``, ``step_memory_mib``, ``memory_method``, ``flops_per_video`` (train: 3 x forward;
-eval: forward x views), ``achieved_tflops``,
-``mfu`` (null without a peak), ``host_syncs`` (CUDA: implicit synchronisations seen in one extra step
-under ``torch.cuda.set_sync_debug_mode``; null on the CPU), ``device_busy_s`` (CUDA: kernel time per
-step; null on the CPU), ``host_s`` (CUDA: median host time per step, see above), ``back_to_back_s``
-and ``back_to_back_mfu`` (CUDA: the ``b2b`` figures), ``peak_reserved_mib`` (CUDA: ``resv MiB``) - these
-four null on the CPU - and ``seconds`` (every timed step). ``model``
-adds ``eval_to_train_speed``; ``reference`` adds ``comparison``: output differences, the speed-ups
-with their targets, and the memory of each.
+rows with ``compile`` true) with each record: ``section`` (train / eval), ``implementation`` (dkclip /
+reference), ``precision``, ``compile``, ``checkpoint``, ``batch_size``, ``steps``, ``median_s``,
+``videos_per_s``, ``peak_memory_mib``, ``step_memory_mib``, ``memory_method``, ``flops_per_video`` (train:
+3 x forward; eval: forward x views), ``achieved_tflops``, ``mfu`` (null without a peak), ``host_syncs``
+(CUDA: implicit synchronisations seen in one extra step under ``torch.cuda.set_sync_debug_mode``; null on
+the CPU), ``device_busy_s`` (CUDA: kernel time per step; null on the CPU), ``host_s`` (CUDA: median host
+time per step, see above), ``back_to_back_s`` and ``back_to_back_mfu`` (CUDA: the ``b2b`` figures),
+``peak_reserved_mib`` (CUDA: ``resv MiB``) - these four null on the CPU - and ``seconds`` (every timed
+step). ``model`` adds ``eval_to_train_speed``; ``reference`` adds ``comparison``: output differences, the
+speed-ups with their targets, and the memory of each.
 """
 import contextlib
 import ctypes

@@ -175,7 +175,8 @@ def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(monkeypat
     monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', lambda: steps.append(1))
     for mode, scope, budget, expected in (
             ('', 'methods', 1.0, {'scope': 'methods', 'memory_budget': 1.0}),
-            ('reduce-overhead', 'blocks', 0.8, {'mode': 'reduce-overhead', 'scope': 'blocks', 'memory_budget': 0.8})):
+            ('reduce-overhead', 'blocks', 0.8,
+             {'mode': 'reduce-overhead', 'scope': 'blocks', 'memory_budget': 0.8})):
         config = tiny_config(TRAIN__COMPILE=True, TRAIN__COMPILE_MODE=mode, TRAIN__COMPILE_SCOPE=scope,
                              TRAIN__COMPILE_MEMORY_BUDGET=budget)
         engine.build_model_for_run(config, torch.device('cpu'))
