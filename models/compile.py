@@ -36,8 +36,8 @@ fusible chains, results that backward would materialise anyway) and only where t
 budget recomputes more, cheapest first by FLOPs. For one ViT-B/16 cross-frame block (fp32, 32 frames,
 CPU) budgets of 0.9, 0.8 and 0.7 all stopped at the first stage: the kept activations fell from 17.3 to
 11.3 token-sized tensors, the MLP's 4W-wide activation and the outputs of ``ln_1`` and ``ln_2`` being
-recomputed, no matrix product. The setting is process-wide in torch, so each compiled function sets it
-only around its own calls (compilation happens in the first call). Dynamo's guards do not include it: a
+recomputed, no matrix product. The setting is process-wide in torch, so a compiled function with a
+budget below 1 sets it only around its own calls (compilation happens in the first call). Dynamo's guards do not include it: a
 second model of the same architecture in the process reuses the graphs compiled for the first, with the
 first one's budget, unless ``torch._dynamo.reset()`` runs in between (the benchmark resets before each
 setting).
@@ -66,7 +66,14 @@ def compiled_parts(model, scope='methods'):
 
 def under_memory_budget(function, memory_budget):
     """``function`` wrapped so that it runs, and compiles, with AOTAutograd's activation memory budget
-    set to ``memory_budget`` (see the module docstring)."""
+    set to ``memory_budget`` (see the module docstring); ``function`` itself for the default, 1."""
+    if memory_budget == 1.0:  # the default touches no private setting of torch
+        return function
+    if not hasattr(functorch_config, 'activation_memory_budget'):
+        raise RuntimeError(f'TRAIN.COMPILE_MEMORY_BUDGET = {memory_budget} needs '
+                           f'torch._functorch.config.activation_memory_budget (torch >= 2.4), '
+                           f'not in torch {torch.__version__}')
+
     @functools.wraps(function)
     def call(*args, **kwargs):
         with functorch_config.patch(activation_memory_budget=memory_budget):
