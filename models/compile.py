@@ -29,18 +29,18 @@ Activation checkpointing (inside the block stacks) is traced by the compiler.
 work of the host; the engine marks each step's start for them (``utils.engine.mark_compiled_step``).
 
 ``TRAIN.COMPILE_MEMORY_BUDGET`` sets ``torch._functorch.config.activation_memory_budget`` while the
-graphs compile. AOTAutograd's partitioner places the activations kept for backward between the least
-the graph could keep (its inputs: 0, like checkpointing the whole graph) and what it keeps by default
-(1). Below 1 it first lifts its bans on recomputing element-wise work (results used far apart, long
-fusible chains, results that backward would materialise anyway) and only where that stays above the
-budget recomputes more, cheapest first by FLOPs. For one ViT-B/16 cross-frame block (fp32, 32 frames,
-CPU) budgets of 0.9, 0.8 and 0.7 all stopped at the first stage: the kept activations fell from 17.3 to
-11.3 token-sized tensors, the MLP's 4W-wide activation and the outputs of ``ln_1`` and ``ln_2`` being
+graphs compile. AOTAutograd's partitioner places the activations kept for backward between the least the
+graph could keep (its inputs: 0, like checkpointing the whole graph) and what it keeps by default (1).
+Below 1 it first lifts its bans on recomputing element-wise work (results used far apart, long fusible
+chains, results that backward would materialise anyway) and only where that stays above the budget
+recomputes more, cheapest first by FLOPs. For one ViT-B/16 cross-frame block (fp32, 32 frames, CPU)
+budgets of 0.9, 0.8 and 0.7 all stopped at the first stage: the kept activations fell from 17.3 to 11.3
+token-sized tensors, the MLP's 4W-wide activation and the outputs of ``ln_1`` and ``ln_2`` being
 recomputed, no matrix product. The setting is process-wide in torch, so a compiled function with a
-budget below 1 sets it only around its own calls (compilation happens in the first call). Dynamo's guards do not include it: a
-second model of the same architecture in the process reuses the graphs compiled for the first, with the
-first one's budget, unless ``torch._dynamo.reset()`` runs in between (the benchmark resets before each
-setting).
+budget below 1 sets it only around its own calls (compilation happens in the first call). Dynamo's
+guards do not include it: a second model of the same architecture in the process reuses the graphs
+compiled for the first, with the first one's budget, unless ``torch._dynamo.reset()`` runs in between
+(the benchmark resets before each setting).
 """
 import functools
 import logging

@@ -52,7 +52,8 @@ def assert_compiled_equals_eager(backend, scope='methods', memory_budget=1.0, **
     eager, criterion = build(**overrides)
     compiled, _ = build(**overrides)
     names = list(compiled.state_dict())
-    assert models.compile_encoders(compiled, scope=scope, memory_budget=memory_budget, backend=backend) is compiled
+    assert models.compile_encoders(compiled, scope=scope, memory_budget=memory_budget,
+                                   backend=backend) is compiled
     assert list(compiled.state_dict()) == names  # checkpoints load either way
     assert sorted(compiled_now(compiled)) == sorted(compiled_parts(compiled, scope))
     expected_outputs, expected_grads = train_step(eager, criterion)
@@ -91,7 +92,8 @@ def test_memory_budget_recomputes_instead_of_keeping(scope):
         torch._dynamo.reset()  # dynamo would reuse the graphs compiled under the other budget
         assert_compiled_equals_eager('aot_eager_decomp_partition', scope=scope, memory_budget=budget)
         model, _ = build()
-        models.compile_encoders(model, scope=scope, memory_budget=budget, backend='aot_eager_decomp_partition')
+        models.compile_encoders(model, scope=scope, memory_budget=budget,
+                                backend='aot_eager_decomp_partition')
         kept[budget] = kept_for_backward_bytes(model)
     assert kept[0.5] < 0.8 * kept[1.0], kept
     assert torch._functorch.config.activation_memory_budget == 1.0  # set only around the compiled calls
