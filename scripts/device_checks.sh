@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of this project on an H100/H200, in two phases, each of which can run alone:
+# The GPU checks and benchmarks of this project on an H100/H200, in three phases, each of which can run alone:
 #   eager:    (about 5 minutes) the training and evaluation step of the published ViT-B/16 setting (T 16,
 #             batch 8, 224 px) in bf16, fp16 and fp32, and bf16 with activation checkpointing at batch 32;
 #             every row also reports the GPU's busy time per step (host-bound or not); the CUDA tests (16-bit
@@ -10,9 +10,12 @@
 #             (TRAIN.COMPILE_MEMORY_BUDGET 0.9); evaluation at batch 32; the training step with only the
 #             block stacks compiled (TRAIN.COMPILE_SCOPE blocks), and without CUDA graphs (with its
 #             operator profile); compiling takes 1.5-2.5 minutes per variant, so this phase takes
-#             about 10 minutes (its rows run most decisive first).
+#             about 10 minutes (its rows run most decisive first);
+#   cpu:      (about 1 minute) the CPU comparison on the machine's own processor, which unlike this
+#             project's CPU machines may have native bf16 (AVX512-BF16 / AMX): our fp32 and bf16-autocast
+#             training step against the straightforward reference implementation's fp32 step.
 # Logs and JSON go to $OUT (default: device_out/). Usage, from the repository root:
-#     bash scripts/device_checks.sh [eager|compiled|all]      (default: all, about 15 minutes)
+#     bash scripts/device_checks.sh [eager|compiled|cpu|all]      (default: all, about 16 minutes)
 # Packages missing on the machine may be carried as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
 PHASE=${1:-all}
@@ -71,5 +74,15 @@ if [[ $PHASE == compiled || $PHASE == all ]]; then
         --json "$OUT/batch8_cuda_graphs_blocks.json"
     section "benchmark: bf16, torch.compile without CUDA graphs, batch 8"
     run 150 "${TRAIN[@]}" --compile on --profile 30 --json "$OUT/batch8_compile.json"
+fi
+if [[ $PHASE == cpu || $PHASE == all ]]; then
+    section "CPU: ours (fp32, bf16 autocast) against the reference's fp32 step, ViT-B/16 widths, 224 px, 1 thread"
+    # without native bf16 the bf16 step is emulated (about a minute per step) and the target does not apply
+    if grep -q -w -E 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
+        run 150 python3 -m scripts.benchmark reference --preset cpu-224 --steps 3 --warmup 1 --threads 1 \
+            --json "$OUT/cpu_reference.json"
+    else
+        echo "no native bf16 (amx_bf16, avx512_bf16) on this CPU: skipped" | tee -a "$LOG"
+    fi
 fi
 section done
