@@ -13,6 +13,8 @@ import zipfile
 import torch
 from torchvision import transforms
 
+from utils.errors import InputFileError, UserError
+
 from .model import NON_PARAMETER_KEYS, build_model
 
 _BASE_URL = 'https://openaipublic.azureedge.net/clip/models'
@@ -39,6 +41,10 @@ def cache_dir():
     return os.path.expanduser(os.environ.get('CLIP_CACHE', '~/.cache/clip'))
 
 
+
+class CLIPWeightsError(UserError, ValueError):
+    """A weights file cannot be read as CLIP weights; the message names it."""
+
 def _missing_model_message(name, path):
     sha256, filename = _MODELS[name]
     return (f'CLIP weights for {name} not found at {path}. Put OpenAI\'s {filename} there '
@@ -51,16 +57,16 @@ def resolve_model_path(name_or_path):
     """Return the weight file for a known model name or a file path.
 
     Raises:
-        FileNotFoundError: naming the file to put where (and its SHA256) for a known name.
+        InputFileError: naming the file to put where (and its SHA256) for a known name.
     """
     if name_or_path in _MODELS:
         path = os.path.join(cache_dir(), _MODELS[name_or_path][1])
         if not os.path.isfile(path):
-            raise FileNotFoundError(_missing_model_message(name_or_path, path))
+            raise InputFileError(_missing_model_message(name_or_path, path))
         return path
     if os.path.isfile(name_or_path):
         return name_or_path
-    raise FileNotFoundError(f'CLIP weights not found: {name_or_path!r} is neither a file nor one of '
+    raise InputFileError(f'CLIP weights not found: {name_or_path!r} is neither a file nor one of '
                             f'{available_models()}')
 
 
@@ -104,7 +110,7 @@ def load_state_dict(path):
     ``module.`` prefix. The non-parameter entries of OpenAI's files are removed.
 
     Raises:
-        ValueError: the file cannot be read as CLIP weights; the message names it.
+        CLIPWeightsError: the file cannot be read as CLIP weights; the message names it.
     """
     try:
         if _is_torchscript_archive(path):
@@ -114,12 +120,12 @@ def load_state_dict(path):
         else:
             state_dict = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # any failure to unpickle means the same thing to the user
-        raise ValueError(f'cannot read CLIP weights from {path}: {error}') from error
+        raise CLIPWeightsError(f'cannot read CLIP weights from {path}: {error}') from error
     for wrapper in ('state_dict', 'model'):
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
     if not isinstance(state_dict, dict):
-        raise ValueError(f'{path} does not hold a state dict')
+        raise CLIPWeightsError(f'{path} does not hold a state dict')
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
     # Traced archives can carry the causal-mask buffer; it is rebuilt, not loaded.
     return {k: v for k, v in state_dict.items()
@@ -155,5 +161,5 @@ def load(name_or_path, device='cpu', jit=False):
     try:
         model = build_model(load_state_dict(path))
     except (KeyError, RuntimeError) as error:
-        raise ValueError(f'{path}: not a CLIP ViT state dict: {error}') from error
+        raise CLIPWeightsError(f'{path}: not a CLIP ViT state dict: {error}') from error
     return model.to(device), image_preprocess(model.visual.input_resolution)

@@ -14,21 +14,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-# Devices whose 16-bit LayerNorm kernel sums in fp32 (see LayerNorm).
+# Devices whose native 16-bit LayerNorm kernel sums in fp32 (see LayerNorm).
 NATIVE_16BIT_LAYER_NORM_DEVICES = ('cuda',)
 
 
 class LayerNorm(nn.LayerNorm):
     """CLIP's fp32-safe LayerNorm: the statistics of fp16/bf16 activations are computed in fp32.
 
-    fp32 and fp64 inputs run the plain LayerNorm. fp16/bf16 inputs on CUDA run PyTorch's native kernel, which
-    accumulates the mean, the variance and the weight and bias gradients in fp32 and writes the input's dtype:
-    one kernel where CLIP's recipe (upcast, normalise, cast back) takes three, and autograd keeps the 16-bit
-    input instead of an fp32 copy (with :class:`MLP`, the peak memory of the ViT-B/16 bf16 training step at
-    batch 8 x 16 frames fell from 14.8 to 11.6 GiB on an H200). The affine weight and bias are cast to the
-    input's dtype (the CUDA kernel takes no mixed dtypes) and autocast is off for the call (it would upcast
-    the input and return fp32). On other devices CLIP's recipe stays: the CPU kernel sums the bf16 weight and
-    bias gradients in bf16 (5% error over 4096 rows where fp32 gives 1e-7).
+    On CUDA, 16-bit inputs run PyTorch's native kernel, which already sums in fp32: one kernel instead of
+    CLIP's upcast, normalise, cast back, and autograd keeps the 16-bit input rather than an fp32 copy
+    (docs/performance.md, "16-bit LayerNorm in one CUDA kernel"). Its weight and bias are cast to the
+    input's dtype (the kernel takes no mixed dtypes) and autocast is off for the call (it would return
+    fp32). Other devices keep CLIP's recipe: the CPU kernel sums 16-bit weight and bias gradients in 16
+    bits.
     """
 
     def forward(self, x):
@@ -39,6 +37,11 @@ class LayerNorm(nn.LayerNorm):
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype),
                                 self.eps)
+
+
+def attention_heads(width):
+    """CLIP's number of attention heads for a token width: one per 64 channels."""
+    return max(1, width // 64)
 
 
 # QuickGELU(h) = h * sigmoid(QUICK_GELU_SCALE * h).
@@ -84,13 +87,9 @@ class MultiheadAttention(nn.Module):
 class MLP(nn.Module):
     """CLIP's MLP ``c_proj(QuickGELU(c_fc(x)))`` (W -> 4W -> W), under OpenAI's names.
 
-    Since ``QuickGELU(h) = SiLU(1.702 h) / 1.702``, the forward pass scales ``c_fc``'s weight and bias
-    by 1.702 and ``c_proj``'s weight by 1 / 1.702 and applies SiLU in between. The function is the same
-    (up to the rounding of the scaled weights), but the 4W-wide hidden activation, the largest tensor of
-    the block, goes through one fused kernel instead of three (and one instead of about five in
-    backward), and the MLP keeps two 4W tensors for backward instead of three (SiLU's input and
-    ``c_proj``'s input; QuickGELU also keeps its sigmoid). The scaling touches only the weights, a few
-    hundred times fewer elements than the activation at training batch sizes.
+    Computed as ``SiLU(1.702 h) / 1.702 = QuickGELU(h)``, the 1.702 folded into the weights: the same
+    function, but the 4W-wide activation goes through one fused kernel and autograd keeps two 4W tensors
+    instead of three (docs/performance.md, "CLIP's MLP as SiLU").
     """
 
     def __init__(self, width, hidden_ratio=4):
@@ -195,13 +194,9 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def patchify(self, images):
-        """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` (kernel = stride = p, no bias),
-        computed as one matrix product over the flattened p x p patches.
-
-        The same sum as the convolution, in another order. On an H200 the convolution with its layout
-        conversions took about 2.3 ms of the 60 ms (kernel time) ViT-B/16 training step at batch 8 x 16
-        frames, for what is one 25088 x 768 x 768 matrix product.
-        """
+        """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` (kernel = stride = p, no bias) as
+        one matrix product over the flattened p x p patches, which avoids the convolution's layout
+        conversions (docs/performance.md, "Patch embedding as one matrix product")."""
         batch, channels, height, width = images.shape
         p = self.patch_size
         patches = images.reshape(batch, channels, height // p, p, width // p, p)
@@ -212,7 +207,11 @@ class VisionTransformer(nn.Module):
 
     def embed(self, images):
         """Images [N, 3, H, W] -> tokens [N, 1 + P, W] (class token first), after ``ln_pre``."""
-        patches = self.patchify(images)  # [N, P, W]
+        return self.embed_patches(self.patchify(images))
+
+    def embed_patches(self, patches):
+        """Patch embeddings [N, P, W] -> tokens [N, 1 + P, W]: class token, positional embedding,
+        ``ln_pre``."""
         class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([class_token, patches], dim=1) + self.positional_embedding.to(patches.dtype)
         return self.ln_pre(tokens)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import LayerNorm, Transformer, VisionTransformer
+from .layers import LayerNorm, Transformer, VisionTransformer, attention_heads
 
 # Entries of OpenAI's files that are not parameters.
 NON_PARAMETER_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -33,11 +33,11 @@ class CLIPDims:
 
     @property
     def vision_heads(self):
-        return max(1, self.vision_width // 64)
+        return attention_heads(self.vision_width)
 
     @property
     def transformer_heads(self):
-        return max(1, self.transformer_width // 64)
+        return attention_heads(self.transformer_width)
 
     @property
     def num_patches(self):
@@ -106,7 +106,7 @@ class CLIP(CLIPTextTower):
         super().__init__(embed_dim, context_length, vocab_size, transformer_width, transformer_heads,
                          transformer_layers)
         self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
-                                        max(1, vision_width // 64), embed_dim)
+                                        attention_heads(vision_width), embed_dim)
 
     @property
     def dtype(self):

@@ -12,7 +12,7 @@ END_OF_TEXT = 49407
 
 @lru_cache(maxsize=1)
 def _bpe():
-    # Imported lazily: open_clip pulls in several seconds of imports that most code paths never need.
+    # Imported lazily: open_clip's imports are slow, and most code paths never need them.
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer()

@@ -6,13 +6,16 @@ from timm.layers import resample_abs_pos_embed
 
 import clip
 from clip.model import KNOWN_DIMS, NON_PARAMETER_KEYS, CLIPDims, clip_dims_from_state_dict
+from utils.checkpoint import model_state_dict
 from utils.config import ConfigError
+from utils.labels import read_label_csv
+from utils.reporting import class_names_from_prompts
 
 from .dkclip import DKCLIP
 
 logger = logging.getLogger(__name__)
 
-# Parameters DK-CLIP adds to CLIP (initialised per spec section 8 instead of loaded).
+# Parameters DK-CLIP adds to CLIP (initialised, docs/model.md "Initialisation", instead of loaded).
 NEW_PARAMETER_PREFIXES = ('visual_semantic.', 'msim.', 'prompts_')
 
 
@@ -127,7 +130,8 @@ def load_clip_weights(model, clip_state_dict):
 
 
 def build_model(config, clip_state_dict):
-    """Build DK-CLIP with CLIP's weights copied in and the new parts initialised (spec section 8).
+    """Build DK-CLIP with CLIP's weights copied in and the new parts initialised (docs/model.md,
+    "Initialisation").
 
     Args:
         config: the project's yacs config (``DATA.NUM_FRAMES``, ``DATA.NUM_DIVIDE``,
@@ -141,7 +145,38 @@ def build_model(config, clip_state_dict):
         ConfigError: ``DATA.INPUT_SIZE`` is not a multiple of the patch size.
         ValueError: the weights are not a CLIP ViT state dict.
     """
-    state_dict = {k: v for k, v in clip_state_dict.items() if k not in NON_PARAMETER_KEYS}
-    dims = _check_input_size(config, clip_dims_from_state_dict(state_dict))
+    dims = _check_input_size(config, clip_dims_from_state_dict(clip_state_dict))
     model = DKCLIP(dims, **model_settings(config))
-    return load_clip_weights(model, state_dict)
+    return load_clip_weights(model, clip_state_dict)
+
+
+def build_model_for_run(config, device, checkpoint=None):
+    """Build DK-CLIP on ``device`` from the CLIP weights the config names, or from a checkpoint.
+
+    Args:
+        config: the run's config (``MODEL.PRETRAINED`` / ``MODEL.ARCH`` / ``MODEL.RANDOM_INIT``;
+            ``TRAIN.COMPILE`` and ``TRAIN.COMPILE_MODE``).
+        device: where the model goes.
+        checkpoint: a dict from :func:`utils.checkpoint.load_checkpoint`, or None. A DK-CLIP checkpoint
+            holds the backbone, so no CLIP weights file is needed; the caller still loads the
+            checkpoint strictly afterwards (:func:`utils.checkpoint.load_model_weights`).
+
+    Returns:
+        DKCLIP: with ``TRAIN.COMPILE``, compiled by ``nn.Module.compile``, which keeps the state-dict
+        names (no ``_orig_mod.`` prefix) and is reached through DDP; compilation happens on the first
+        call.
+    """
+    if checkpoint is None:
+        clip_state_dict = load_clip_state_dict(config)
+    else:
+        clip_state_dict = model_state_dict(checkpoint)
+    model = build_model(config, clip_state_dict).to(device)
+    if config.TRAIN.COMPILE:
+        model.compile(mode=config.TRAIN.COMPILE_MODE or None)  # '' = torch's default mode
+    return model
+
+
+def class_prompt_tokens(config, device):
+    """Tokenised class prompts ``[K, 77]`` of ``DATA.LABEL_LIST`` on ``device``, and short class names."""
+    prompts = read_label_csv(config.DATA.LABEL_LIST)
+    return clip.tokenize(prompts).to(device), class_names_from_prompts(prompts)

@@ -2,7 +2,8 @@
 
 Paper: Ni et al., "Expanding Language-Image Pretrained Models for General Video Recognition" (X-CLIP,
 ECCV 2022), https://arxiv.org/abs/2208.02816. DK-CLIP (ACM MM 2024) applies the block within each
-snippet (``visual``, spec section 3a) and across the snippets of a video (``visual_semantic``, 3c).
+snippet (``visual``) and across the snippets of a video (``visual_semantic``); docs/model.md,
+"Local cross-frame encoder" and "Snippet integration encoder".
 
 Order: block, local video encoder, snippet integration encoder.
 """
@@ -93,12 +94,6 @@ class SnippetIntegrationEncoder(VisionTransformer):
                          drop_path_rate=drop_path_rate, block_fn=block_fn, use_checkpoint=use_checkpoint)
         del self.conv1  # the input is already tokens; the release has no conv1 here
 
-    def embed(self, patch_tokens):
-        """Patch tokens [N, P, W] -> [N, 1 + P, W]: class token, positional embedding, ``ln_pre``."""
-        class_token = self.class_embedding.to(patch_tokens.dtype).expand(patch_tokens.shape[0], 1, -1)
-        tokens = torch.cat([class_token, patch_tokens], dim=1)
-        return self.ln_pre(tokens + self.positional_embedding.to(patch_tokens.dtype))
-
     def forward(self, patch_tokens):
         """Pooled patch tokens [B * S, P, W] (each video's S snippets consecutive) -> [B * S, P, W]."""
-        return self.transformer(self.embed(patch_tokens))[:, 1:]
+        return self.transformer(self.embed_patches(patch_tokens))[:, 1:]

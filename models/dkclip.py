@@ -2,13 +2,10 @@
 
 Paper: "Domain Knowledge Enhanced Vision-Language Pretrained Model for Dynamic Facial Expression
 Recognition" (DK-CLIP, ACM MM 2024). Behaviour and parameter names follow the official release, as
-restated in ``spec/model.md``; section numbers below refer to it.
+restated in ``docs/model.md``.
 
-Order: relevance and erasing (pure functions), text-feature cache, model.
+Order: relevance and erasing (pure functions), model.
 """
-import contextlib
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,9 +17,13 @@ from .cross_frame import LocalVideoEncoder, SnippetIntegrationEncoder
 from .msim import MultiSnippetIntegration
 from .prompt_generator import VideoSpecificPromptGenerator
 
+# The head's dot products are element-wise products summed, not einsum: autocast leaves element-wise
+# work in fp32, which the head needs (docs/model.md, "Precision").
+
 
 def snippet_relevance(video_features, snippet_features, logit_scale):
-    """Relevance weights r [B, S] of the snippets to their video (section 5).
+    """Relevance weights r [B, S] of the snippets to their video (docs/model.md, "Relevance and
+    erasing").
 
     ``sim_j = s <v, c_j>``, min-max normalised over the snippets (no epsilon), then softmax. When all
     ``sim_j`` of a video are equal (always for S = 1) the normalisation is undefined: r = 1 / S.
@@ -32,7 +33,7 @@ def snippet_relevance(video_features, snippet_features, logit_scale):
         snippet_features: L2-normalised c [B, S, E].
         logit_scale: s = exp(logit_scale), a 0-d tensor.
     """
-    similarity = logit_scale * torch.einsum('be,bse->bs', video_features, snippet_features)  # [B, S]
+    similarity = logit_scale * (video_features[:, None] * snippet_features).sum(dim=-1)  # [B, S]
     low = similarity.amin(dim=1, keepdim=True)
     spread = similarity.amax(dim=1, keepdim=True) - low
     # Where the spread is 0, sim - low is 0 too: a unit denominator gives n = 0 (uniform softmax) and a
@@ -50,7 +51,8 @@ def mean_over_kept_snippets(snippet_tokens, erased):
 
 
 def fuse_local_logits(snippet_features, prompt_features, logit_scale, relevance, erased):
-    """Local logits ``l_jk = s <c_j, t_b,k> r_j (1 - e_j)`` [B, S, K] (section 5).
+    """Local logits ``l_jk = s <c_j, t_b,k> r_j (1 - e_j)`` [B, S, K] (docs/model.md, "Global and local
+    logits").
 
     Args:
         snippet_features: L2-normalised c [B, S, E].
@@ -60,49 +62,22 @@ def fuse_local_logits(snippet_features, prompt_features, logit_scale, relevance,
         erased: e [B, S] bool.
     """
     weights = relevance * (~erased).to(relevance.dtype)  # [B, S]
-    logits = logit_scale * torch.einsum('bse,bke->bsk', snippet_features, prompt_features)
-    return logits * weights[:, :, None]
+    similarity = (snippet_features[:, :, None] * prompt_features[:, None]).sum(dim=-1)  # [B, S, K]
+    return logit_scale * similarity * weights[:, :, None]
 
 
 def _normalized_fp32(features):
-    # The relevance step magnifies rounding ~100x (section 5), so the head runs in fp32 at least.
-    if features.dtype in (torch.float16, torch.bfloat16):
-        features = features.float()
-    return F.normalize(features, dim=-1)
-
-
-def _has_autocast(device_type):
-    # False e.g. on the meta device. torch.compile (dynamo of torch <= 2.11) cannot trace this check, and
-    # a graph break here split the compiled head and made it recompile every step on an H200; a compiled
-    # model runs on a device with autocast, so the check is skipped while compiling.
-    return torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type)
-
-
-def _autocast_state(device_type):
-    if not _has_autocast(device_type):
-        return False, None
-    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
-
-
-def _autocast_off(device_type):
-    if not _has_autocast(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, enabled=False)
-
-
-@dataclass
-class _TextCache:
-    tokens: torch.Tensor
-    key: tuple
-    features: torch.Tensor
+    # fp32 at least (fp64 stays): the head runs in full precision under autocast too
+    return F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
 
 
 class DKCLIP(CLIPTextTower):
-    """The DK-CLIP model (sections 2-5). Build it with :func:`models.build_model`.
+    """The DK-CLIP model. Build it with :func:`models.builder.build_model`.
 
-    Parameters (section 2): ``visual`` (local cross-frame encoder), ``visual_semantic`` (snippet
-    integration encoder), ``msim``, ``prompts_generator_cmam``, ``prompts_visual_ln``,
-    ``prompts_visual_proj`` and CLIP's text encoder under OpenAI's names (from :class:`CLIPTextTower`).
+    Parameters (docs/model.md, "Parameter names"): ``visual`` (local cross-frame encoder),
+    ``visual_semantic`` (snippet integration encoder), ``msim``, ``prompts_generator_cmam``,
+    ``prompts_visual_ln``, ``prompts_visual_proj`` and CLIP's text encoder under OpenAI's names (from
+    :class:`CLIPTextTower`).
 
     Args:
         dims: ``clip.CLIPDims`` of the CLIP backbone (``image_resolution`` = the input size).
@@ -113,7 +88,7 @@ class DKCLIP(CLIPTextTower):
         msim_layers: residual blocks of ``msim``.
         erase_threshold: tau; snippets with relevance below it are erased.
         use_local: compute the local (per-snippet) logits and erase; False: global head only.
-        fix_text: the text encoder is frozen; its features are cached under ``no_grad``.
+        fix_text: the text encoder is frozen: its features are computed under ``no_grad``.
         drop_path_rate: stochastic depth of the last block of both vision encoders.
         use_checkpoint: activation checkpointing over the vision blocks.
         msim_pos_init_std: initial std of msim's positional embedding (0.02 as released).
@@ -124,7 +99,8 @@ class DKCLIP(CLIPTextTower):
     UNUSED_PARAMETER_PREFIXES = ('visual_semantic.ln_post.', 'visual_semantic.proj')
 
     def __init__(self, dims, *, num_frames, num_snippets, prompt_layers, prompt_alpha, msim_layers,
-                 erase_threshold, use_local, fix_text, drop_path_rate, use_checkpoint, msim_pos_init_std=0.02):
+                 erase_threshold, use_local, fix_text, drop_path_rate, use_checkpoint,
+                 msim_pos_init_std=0.02):
         super().__init__(dims.embed_dim, dims.context_length, dims.vocab_size, dims.transformer_width,
                          dims.transformer_heads, dims.transformer_layers)
         if num_frames % num_snippets:
@@ -145,83 +121,44 @@ class DKCLIP(CLIPTextTower):
                                                                    prompt_alpha)
         self.prompts_visual_ln = LayerNorm(dims.vision_width)
         self.prompts_visual_proj = nn.Parameter(torch.randn(dims.vision_width, dims.embed_dim))
-        self._text_cache = None
 
     def set_grad_checkpointing(self, enable=True):
         """Turn activation checkpointing over the blocks of both vision encoders on or off."""
         self.visual.transformer.use_checkpoint = enable
         self.visual_semantic.transformer.use_checkpoint = enable
 
-    # ------------------------------------------------------------------------------------------------
-    # Encoders
-    # ------------------------------------------------------------------------------------------------
     def encode_video(self, videos):
         """Videos [B, T, 3, H, W] (normalised) -> ``(video_features [B, E], snippet_features [B, S, E],
-        snippet_tokens [B, S, P, E])``, none of them normalised (sections 3a-3d)."""
-        batch, num_frames = videos.shape[:2]
+        snippet_tokens [B, S, P, E])``, none of them normalised (docs/model.md, sections "Local
+        cross-frame encoder" to "Multi-snippet integration")."""
+        batch, snippets = videos.shape[0], self.num_snippets
         size = self.visual.input_resolution
         if videos.shape[1:] != (self.num_frames, 3, size, size):
             raise ValueError(f'expected videos [B, {self.num_frames}, 3, {size}, {size}] (DATA.NUM_FRAMES, '
                              f'DATA.INPUT_SIZE), got {list(videos.shape)}')
-        snippets, frames_per_snippet = self.num_snippets, num_frames // self.num_snippets
         class_features, patch_tokens = self.visual(videos.flatten(0, 1))  # [B * T, E], [B * T, P, W]
-        snippet_features = class_features.view(batch, snippets, frames_per_snippet, -1).mean(dim=2)
-        pooled_patches = patch_tokens.unflatten(0, (batch * snippets, frames_per_snippet)).mean(dim=1)
+        # each snippet's F frames are consecutive rows: averaged
+        snippet_features = class_features.unflatten(0, (batch, snippets, -1)).mean(dim=2)  # [B, S, E]
+        pooled_patches = patch_tokens.unflatten(0, (batch * snippets, -1)).mean(dim=1)  # [B * S, P, W]
         integrated = self.visual_semantic(pooled_patches)  # [B * S, P, W]
         snippet_tokens = self.prompts_visual_ln(integrated) @ self.prompts_visual_proj  # [B * S, P, E]
         video_features = self.msim(snippet_features)  # [B, E]
         return video_features, snippet_features, snippet_tokens.unflatten(0, (batch, snippets))
 
-    def _text_parameters(self):
-        yield from (self.token_embedding.weight, self.positional_embedding, self.ln_final.weight,
-                    self.ln_final.bias, self.text_projection)
-        yield from self.transformer.parameters()
-
-    def _text_cache_key(self, text_tokens):
-        weights = tuple((p.data_ptr(), p._version) for p in self._text_parameters())
-        autocast = _autocast_state(text_tokens.device.type)
-        # Inference tensors have no version counter: they are compared by value instead.
-        tokens_version = None if text_tokens.is_inference() else text_tokens._version
-        return tokens_version, weights, autocast
-
-    def _cached_text_features(self, text_tokens, key):
-        cache = self._text_cache
-        if cache is None or cache.key[1:] != key[1:]:
-            return None
-        # Features made under inference_mode cannot enter an autograd graph later.
-        if cache.features.is_inference() and not torch.is_inference_mode_enabled():
-            return None
-        if cache.tokens is text_tokens and key[0] is not None and cache.key[0] == key[0]:
-            return cache.features
-        # Another tensor: compare by value (one host sync, only when the caller re-creates the tokens).
-        if cache.tokens.shape == text_tokens.shape and cache.tokens.device == text_tokens.device \
-                and torch.equal(cache.tokens, text_tokens):
-            self._text_cache = _TextCache(text_tokens, key, cache.features)
-            return cache.features
-        return None
-
     def encode_prompts(self, text_tokens):
-        """Class-prompt features t [K, E] for text tokens [K, 77] (section 4).
+        """Class-prompt features t [K, E] of text tokens [K, 77] (docs/model.md, "AU-knowledge prompts").
 
-        With ``fix_text`` they are computed once under ``no_grad`` and cached until the tokens, the
-        text weights (by version counter and storage) or the autocast state change; the module's
-        train/eval mode is never touched. Otherwise they are recomputed, with gradient, every call.
+        With ``fix_text`` they are computed under ``no_grad``: the frozen tower keeps no activations
+        and gets no gradient. Otherwise they are computed with gradient.
         """
         if not self.fix_text:
             return self.encode_text(text_tokens)
-        key = self._text_cache_key(text_tokens)
-        features = self._cached_text_features(text_tokens, key)
-        if features is None:
-            with torch.no_grad():
-                features = self.encode_text(text_tokens)
-            self._text_cache = _TextCache(text_tokens, key, features)
-        return features
+        with torch.no_grad():
+            return self.encode_text(text_tokens)
 
-    # ------------------------------------------------------------------------------------------------
-    # Head and forward
-    # ------------------------------------------------------------------------------------------------
     def classify(self, video_features, snippet_features, snippet_tokens, text_features):
-        """Relevance, erasing, video-specific prompts and logits (sections 4-5) from encoder outputs.
+        """The head: relevance, erasing, video-specific prompts and logits, from the encoders' outputs
+        (docs/model.md, sections "Relevance and erasing" to "Global and local logits").
 
         Args:
             video_features: v [B, E]; snippet_features: c [B, S, E]; snippet_tokens: [B, S, P, E];
@@ -235,8 +172,7 @@ class DKCLIP(CLIPTextTower):
         logit_scale = self.logit_scale.exp()
         video = _normalized_fp32(video_features)  # [B, E]
         snippets = _normalized_fp32(snippet_features)  # [B, S, E]
-        with _autocast_off(video.device.type):
-            relevance = snippet_relevance(video, snippets, logit_scale)  # [B, S]
+        relevance = snippet_relevance(video, snippets, logit_scale)  # [B, S]
         if self.use_local:
             erased = relevance.detach() < self.erase_threshold
         else:
@@ -244,25 +180,23 @@ class DKCLIP(CLIPTextTower):
         context = mean_over_kept_snippets(snippet_tokens, erased)  # [B, P, E]
         prompts = text_features + self.prompts_generator_cmam(text_features, context)  # [B, K, E]
         prompts = _normalized_fp32(prompts)
-        with _autocast_off(video.device.type):
-            logits_global = logit_scale * torch.einsum('be,bke->bk', video, prompts)  # [B, K]
-            logits_local = (fuse_local_logits(snippets, prompts, logit_scale, relevance, erased)
-                            if self.use_local else None)  # [B, S, K]
+        logits_global = logit_scale * (video[:, None] * prompts).sum(dim=-1)  # [B, K]
+        logits_local = (fuse_local_logits(snippets, prompts, logit_scale, relevance, erased)
+                        if self.use_local else None)  # [B, S, K]
         return dict(logits_global=logits_global, logits_local=logits_local, video_features=video,
                     relevance=relevance, erased=erased)
 
-    def encode_and_classify(self, videos, text_features):
-        """Videos [B, T, 3, H, W] and class-prompt features t [K, E] -> the dict of :meth:`classify`:
-        everything between the inputs and the logits, which ``TRAIN.COMPILE`` compiles into one graph
-        (``models.compile``)."""
-        return self.classify(*self.encode_video(videos), text_features)
+    def forward(self, videos, text_tokens, return_details=False):
+        """Videos [B, T, 3, H, W] (normalised) and class-prompt tokens [K, 77] -> logits.
 
-    def forward_details(self, videos, text_tokens):
-        """Videos [B, T, 3, H, W] and text tokens [K, 77] -> the dict of :meth:`classify` (for the
-        visualisation tools; :meth:`forward` returns its first three entries)."""
-        return self.encode_and_classify(videos, self.encode_prompts(text_tokens))
-
-    def forward(self, videos, text_tokens):
-        """Return ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``."""
-        details = self.forward_details(videos, text_tokens)
+        Returns:
+            ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``; with
+            ``return_details`` the dict of :meth:`classify`, which adds the relevance and the erase mask
+            (for the visualisation tools).
+        """
+        video_features, snippet_features, snippet_tokens = self.encode_video(videos)
+        text_features = self.encode_prompts(text_tokens)  # [K, E]
+        details = self.classify(video_features, snippet_features, snippet_tokens, text_features)
+        if return_details:
+            return details
         return details['logits_global'], details['logits_local'], details['video_features']

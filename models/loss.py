@@ -1,5 +1,5 @@
-"""DK-CLIP's training objective (spec section 6): global CE plus, for the first epochs, the local CE
-and the class-aware consistency term between the local and global heads."""
+"""DK-CLIP's training objective: global CE plus, for the first epochs, the local CE and the class-aware
+consistency term between the local and global heads (docs/model.md, "Objective")."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +36,7 @@ class DKCLIPLoss(nn.Module):
     ``CE(g)`` afterwards or without a local head. ``l_sum`` = local logits summed over the snippets.
 
     Args:
-        consistency: 'official' or 'kl' (``LOSS.CONSISTENCY``).
+        consistency: 'official' or 'kl' (``LOSS.CONSISTENCY``, validated with the config).
         weight: lambda (``LOSS.LAMBDA``).
         consistency_epochs: epochs that use the local terms (``TRAIN.CONSISTENCY_EPOCHS``).
         label_smoothing: smoothing of hard targets (``AUG.LABEL_SMOOTH``).
@@ -44,8 +44,6 @@ class DKCLIPLoss(nn.Module):
 
     def __init__(self, consistency, weight, consistency_epochs, label_smoothing):
         super().__init__()
-        if consistency not in CONSISTENCY_TERMS:
-            raise ValueError(f'LOSS.CONSISTENCY = {consistency!r}: must be one of {list(CONSISTENCY_TERMS)}')
         self.consistency = CONSISTENCY_TERMS[consistency]
         self.weight = weight
         self.consistency_epochs = consistency_epochs

@@ -1,4 +1,5 @@
-"""Multi-snippet integration (``msim``, spec section 3d): snippet class features -> one video feature.
+"""Multi-snippet integration (``msim``): snippet class features -> one video feature (docs/model.md,
+"Multi-snippet integration").
 
 The X-CLIP multi-frame integration transformer applied to snippets: positional embedding, pre-LN
 residual attention blocks with plain ``nn.LayerNorm``, a residual around the whole module, mean over
@@ -8,15 +9,15 @@ import torch
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
-from clip.layers import ResidualAttentionBlock
+from clip.layers import ResidualAttentionBlock, attention_heads
 
 
 class MultiSnippetIntegration(nn.Module):
     """Temporal transformer over the S snippet features of a video, averaged into a video feature.
 
-    Initialisation (spec section 8): positional embedding and every ``nn.Linear`` weight (attention's
-    ``out_proj`` included) truncated-normal 0.02 with zero biases, LayerNorms 1/0; the packed
-    ``attn.in_proj_weight`` keeps PyTorch's Xavier initialisation.
+    Initialisation (docs/model.md, "Initialisation"): positional embedding and every ``nn.Linear``
+    weight (attention's ``out_proj`` included) truncated-normal 0.02 with zero biases, LayerNorms 1/0;
+    the packed ``attn.in_proj_weight`` keeps PyTorch's Xavier initialisation.
 
     Args:
         num_snippets: S.
@@ -29,7 +30,7 @@ class MultiSnippetIntegration(nn.Module):
     def __init__(self, num_snippets, embed_dim, layers, position_init_std=0.02):
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.empty(1, num_snippets, embed_dim))
-        heads = max(1, embed_dim // 64)
+        heads = attention_heads(embed_dim)
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(embed_dim, heads, norm_layer=nn.LayerNorm)
                                          for _ in range(layers)])
         nn.init.trunc_normal_(self.positional_embedding, std=position_init_std)

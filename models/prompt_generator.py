@@ -1,4 +1,5 @@
-"""Video-specific prompt generator (``prompts_generator_cmam``, spec section 4).
+"""Video-specific prompt generator (``prompts_generator_cmam``; docs/model.md, "Video-specific
+prompt generator").
 
 X-CLIP's video-specific prompting: the class-prompt features attend to the video's snippet tokens in a
 small transformer decoder, and a learnable per-channel scale ``alpha`` (initially 0.1) adds the result
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
-from clip.layers import QuickGELU
+from clip.layers import QuickGELU, attention_heads
 
 
 class CrossAttention(nn.Module):
@@ -55,8 +56,8 @@ class PromptGeneratorLayer(nn.Module):
 class VideoSpecificPromptGenerator(nn.Module):
     """``G(t, ctx) = alpha * decoder(t, norm(ctx))``: per-video offsets of the class-prompt features.
 
-    Initialisation (spec section 8): every ``nn.Linear`` truncated-normal 0.02 with zero biases,
-    LayerNorms 1/0, ``alpha`` = ``alpha_init`` in every channel.
+    Initialisation (docs/model.md, "Initialisation"): every ``nn.Linear`` truncated-normal 0.02 with
+    zero biases, LayerNorms 1/0, ``alpha`` = ``alpha_init`` in every channel.
 
     Args:
         embed_dim: E; heads = E / 64.
@@ -66,7 +67,7 @@ class VideoSpecificPromptGenerator(nn.Module):
 
     def __init__(self, embed_dim, layers, alpha_init):
         super().__init__()
-        heads = max(1, embed_dim // 64)
+        heads = attention_heads(embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
         self.decoder = nn.ModuleList([PromptGeneratorLayer(embed_dim, heads) for _ in range(layers)])
         self.alpha = nn.Parameter(torch.full((embed_dim,), float(alpha_init)))

@@ -31,6 +31,7 @@ from datasets.synthetic import draw_clips, sample_clip_parameters, write_frame_f
 from datasets.transforms import TrainTransform
 from datasets.video_dataset import VideoDataset, collate_clips
 from utils.config import get_default_config
+from utils.errors import run_command
 
 from .model_benchmark import add_model_commands
 
@@ -149,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -56,7 +56,8 @@ alive in the process); ``step_memory_mib`` is the peak minus what was held just 
 ``ru_maxrss`` is reported and ``memory_method`` says so.
 
 FLOPs (``forward_flops``): 2 x the multiply-adds of every matrix product and convolution of one
-video's forward pass; normalisations, softmax, activations and other element-wise work are not counted.
+video's forward pass; normalisations, softmax, activations and other element-wise work are not counted,
+nor the head's few dot products (relevance and logits), which are element-wise products summed.
 With W the vision width, E the embedding width, P patches per frame, N = P + 1 tokens, L vision
 layers, T frames, S snippets, F = T / S, K classes, and ``attn(n, w) = 4 n w^2 + 2 n^2 w`` (q, k, v and
 output projections, scores, weighted sum) for self-attention over n tokens::
@@ -68,21 +69,21 @@ output projections, scores, weighted sum) for self-attention over n tokens::
     msim            = MSIM_LAYERS * (attn(S, E) + 8 S E^2)
     prompts         = PROMPT_LAYERS * (K E^2 (q) + 2 P E^2 (k, v) + 2 K P E (scores, weighted sum)
                                        + K E^2 (proj) + 8 K E^2 (MLP))
-    heads           = S E (relevance) + K E (global logits) + S K E (local logits, with USE_LOCAL)
-    text            = K * (L_t * (attn(77, W_t) + 8 * 77 W_t^2) + W_t E) / B   (only without FIX_TEXT;
-                      frozen text features are computed once and cached)
+    text            = K * (L_t * (attn(77, W_t) + 8 * 77 W_t^2) + W_t E) / B   (once per step, shared by
+                      the B videos; without gradient under FIX_TEXT)
 
 The causal text attention is counted in full (as the math kernel computes it). Training FLOPs are
-3 x forward (backward = 2 x forward), the usual convention, although frozen parameters need no weight
-gradients. ``tests/test_benchmark.py`` checks the formula against ``torch.utils.flop_counter``.
+3 x forward (backward = 2 x forward), the usual convention, although frozen parameters (the text tower
+under FIX_TEXT) need no weight gradients. ``tests/test_benchmark.py`` checks the formula against
+``torch.utils.flop_counter``.
 Achieved FLOP/s = FLOPs per video x videos/s; MFU = achieved / ``--peak-tflops`` (pass the peak of the
 precision measured, e.g. 989 for bf16/fp16 dense on H100/H200 SXM; ``bf16=989 fp32=67`` per precision).
 
 JSON (``--json``): ``{"command", "environment": {torch, device, device_name, threads, load_average,
 cpu_bf16, cpu_amx}, "model": {preset, arch, input_size, num_frames, num_snippets, batch_size,
-eval_batch_size, num_classes, num_views, fix_text, dims, compile_options}, "flops_per_video": {part:
-forward FLOPs}, "results": [record, ...]}`` (``compile_options``: scope, memory budget and mode of the
-rows with ``compile`` true) with each record: ``section`` (train / eval), ``implementation`` (dkclip /
+eval_batch_size, num_classes, num_views, fix_text, dims, compile_mode}, "flops_per_video": {part: forward
+FLOPs}, "results": [record, ...]}`` (``compile_mode``: ``TRAIN.COMPILE_MODE`` of the rows with ``compile``
+true, '' for torch's default) with each record: ``section`` (train / eval), ``implementation`` (dkclip /
 reference), ``precision``, ``compile``, ``checkpoint``, ``batch_size``, ``steps``, ``median_s``,
 ``videos_per_s``, ``peak_memory_mib``, ``step_memory_mib``, ``memory_method``, ``flops_per_video`` (train:
 3 x forward; eval: forward x views), ``achieved_tflops``, ``mfu`` (null without a peak), ``host_syncs``
@@ -106,12 +107,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-import models
 from clip.model import clip_dims_from_state_dict
-from datasets import normalize_videos
+from models.builder import build_model, class_prompt_tokens, load_clip_state_dict
+from models.loss import build_criterion
+from utils.config import eval_batch_size as config_eval_batch_size
 from utils.config import get_default_config, merge_config_file, merge_opts, validate_config
-from utils.engine import (Trainer, build_grad_scaler, class_prompt_tokens, compile_options, forward_backward,
-                          optimizer_update, predict)
+from utils.engine import Trainer, build_grad_scaler, forward_backward, normalize_videos, optimizer_update, predict
 from utils.files import write_json
 from utils.labels import read_label_csv
 from utils.optimizer import build_optimizer, build_scheduler
@@ -158,18 +159,16 @@ def forward_flops(dims, config, num_classes, batch_size):
 
     Args:
         dims: ``clip.CLIPDims`` of the model, ``image_resolution`` = the input size (``model.dims``).
-        config: ``DATA.NUM_FRAMES``, ``DATA.NUM_DIVIDE``, ``MODEL.{MSIM_LAYERS, PROMPT_LAYERS, USE_LOCAL,
-            FIX_TEXT}``.
+        config: ``DATA.NUM_FRAMES``, ``DATA.NUM_DIVIDE``, ``MODEL.MSIM_LAYERS``, ``MODEL.PROMPT_LAYERS``.
         num_classes: K.
-        batch_size: videos per step (the text encoder's cost is shared by them when it trains).
+        batch_size: videos per step (the text encoder runs once per step, for all of them).
 
     Returns:
-        dict: ``visual``, ``visual_semantic``, ``msim``, ``prompts``, ``heads``, ``text`` and ``total``.
+        dict: ``visual``, ``visual_semantic``, ``msim``, ``prompts``, ``text`` and ``total``.
     """
     width, embed, patches, layers = dims.vision_width, dims.embed_dim, dims.num_patches, dims.vision_layers
     frames, snippets, classes = config.DATA.NUM_FRAMES, config.DATA.NUM_DIVIDE, num_classes
     tokens, patch_size = patches + 1, dims.vision_patch_size
-    local_logits = snippets * classes * embed if config.MODEL.USE_LOCAL else 0
     macs = dict(
         visual=frames * (3 * patch_size ** 2 * width * patches + width * embed
                          + layers * _cross_frame_block_macs(tokens, width, frames // snippets)),
@@ -178,8 +177,7 @@ def forward_flops(dims, config, num_classes, batch_size):
         msim=config.MODEL.MSIM_LAYERS * (_attention_macs(snippets, embed) + 8 * snippets * embed ** 2),
         prompts=config.MODEL.PROMPT_LAYERS * (10 * classes * embed ** 2 + 2 * patches * embed ** 2
                                               + 2 * classes * patches * embed),
-        heads=snippets * embed + classes * embed + local_logits,
-        text=0 if config.MODEL.FIX_TEXT else classes * _text_macs(dims) / batch_size,
+        text=classes * _text_macs(dims) / batch_size,
     )
     flops = {part: 2 * value for part, value in macs.items()}
     flops['total'] = sum(flops.values())
@@ -345,14 +343,9 @@ def count_host_syncs(step, device):
             step()
         finally:
             torch.cuda.set_sync_debug_mode('default')
-    # Only the per-operation warnings count; the first switch of a process also warns that the debug
-    # mode is a prototype ("Synchronization debug mode is a prototype feature ..."), which is no sync.
-    return sum(is_sync_warning(str(warning.message)) for warning in caught)
-
-
-def is_sync_warning(message):
-    """True for the warning of ``torch.cuda.set_sync_debug_mode('warn')`` about one synchronising call."""
-    return 'called a synchronizing CUDA operation' in message
+    # Only the per-operation warnings count: the first switch of a process also warns that the debug
+    # mode is a prototype, which is no synchronisation.
+    return sum('called a synchronizing CUDA operation' in str(warning.message) for warning in caught)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -401,6 +394,7 @@ class Bench:
     device: torch.device
     clip_state_dict: dict
     text_tokens: torch.Tensor
+    class_names: list
     train_batch: dict
     eval_batch: dict
     num_views: int
@@ -426,7 +420,7 @@ def cpu_threads(threads):
     """Run with ``threads`` torch CPU threads (0: unchanged), restored afterwards.
 
     OpenMP threads wait for each other at every parallel region: on a CPU shared with other jobs, one
-    descheduled thread stalls the rest, and small element-wise kernels slow down ~20x. One thread gives
+    descheduled thread stalls the rest, which slows small element-wise kernels most. One thread gives
     stable timings there.
     """
     previous = torch.get_num_threads()
@@ -440,13 +434,13 @@ def cpu_threads(threads):
 
 def prepare_bench(config, device):
     """Load (or draw) the CLIP weights once and make the prompts and the two batches."""
-    text_tokens, _ = class_prompt_tokens(config, device)
+    text_tokens, class_names = class_prompt_tokens(config, device)
     num_classes, num_views = text_tokens.shape[0], config.TEST.NUM_CLIP * config.TEST.NUM_CROP
-    eval_batch_size = config.TEST.BATCH_SIZE or config.TRAIN.BATCH_SIZE
-    clip_state_dict = models.load_clip_state_dict(config)
+    eval_batch_size = config_eval_batch_size(config)
+    clip_state_dict = load_clip_state_dict(config)
     flops = forward_flops(input_dims(config, clip_state_dict), config, num_classes, config.TRAIN.BATCH_SIZE)
     return Bench(config=config, device=device, clip_state_dict=clip_state_dict, text_tokens=text_tokens,
-                 train_batch=random_batch(config, config.TRAIN.BATCH_SIZE, 0, num_classes, device),
+                 class_names=class_names, train_batch=random_batch(config, config.TRAIN.BATCH_SIZE, 0, num_classes, device),
                  eval_batch=random_batch(config, eval_batch_size, num_views, num_classes, device),
                  num_views=num_views, flops=flops)
 
@@ -456,7 +450,7 @@ def build_trainer(bench, variant):
     frozen as configured; the reference implementation when the variant asks for it."""
     config, device = bench.config, bench.device
     torch.manual_seed(config.SEED)
-    model = models.build_model(config, bench.clip_state_dict).to(device)
+    model = build_model(config, bench.clip_state_dict).to(device)
     model.set_grad_checkpointing(variant.checkpoint)
     optimizer = build_optimizer(config, model)  # sets requires_grad as configured
     if variant.implementation == 'reference':
@@ -464,15 +458,14 @@ def build_trainer(bench, variant):
         optimizer = build_optimizer(config, model)
     if variant.compile:
         # Each setting is measured alone: without the previous settings' compiled code, which counts
-        # towards dynamo's recompile limit (past it, a setting would silently run eagerly), and their CUDA
-        # graphs with the memory pools these hold.
-        torch._dynamo.reset()
-        models.compile_encoders(model, **compile_options(config))
+        # towards dynamo's recompile limit, and their CUDA graphs with the memory pools these hold.
+        torch.compiler.reset()
+        model.compile(mode=config.TRAIN.COMPILE_MODE or None)  # as models.builder.build_model_for_run
     amp_dtype = PRECISIONS[variant.precision]
-    return Trainer(config=config, model=model, criterion=models.build_criterion(config), optimizer=optimizer,
+    return Trainer(config=config, model=model, criterion=build_criterion(config), optimizer=optimizer,
                    scheduler=build_scheduler(config, optimizer, updates_per_epoch=10_000),
                    scaler=build_grad_scaler(device, amp_dtype), text_tokens=bench.text_tokens,
-                   device=device, amp_dtype=amp_dtype)
+                   class_names=bench.class_names, device=device, amp_dtype=amp_dtype)
 
 
 def make_step(bench, trainer, section):
@@ -625,7 +618,7 @@ def model_summary(args, bench):
                 num_frames=config.DATA.NUM_FRAMES, num_snippets=config.DATA.NUM_DIVIDE,
                 batch_size=config.TRAIN.BATCH_SIZE, eval_batch_size=len(bench.eval_batch['labels']),
                 num_classes=len(bench.text_tokens), num_views=bench.num_views, fix_text=config.MODEL.FIX_TEXT,
-                dims=asdict(input_dims(config, bench.clip_state_dict)), compile_options=compile_options(config))
+                dims=asdict(input_dims(config, bench.clip_state_dict)), compile_mode=config.TRAIN.COMPILE_MODE)
 
 
 def _optional(value, scale, spec):
@@ -655,7 +648,8 @@ def format_table(records):
 def report(args, bench, records, **extra):
     """Print the table (and ``extra``) and write the JSON when ``--json`` is given."""
     memory_method = records[0].memory_method if records else '-'
-    compiled = f', compiled: {compile_options(bench.config)}' if any(r.compile for r in records) else ''
+    mode = bench.config.TRAIN.COMPILE_MODE or 'default'
+    compiled = f', compiled: mode {mode}' if any(r.compile for r in records) else ''
     print(f'{bench.config.MODEL.ARCH} ({args.preset}), {bench.device}, memory: {memory_method}, '
           f'load average {os.getloadavg()[0]:.2f}{compiled}')
     print(format_table(records))
@@ -696,7 +690,7 @@ def output_differences(bench):
     """``max |ours - reference| / max |reference|`` of the three outputs on the training batch (fp32)."""
     config = bench.config
     torch.manual_seed(config.SEED)
-    model = models.build_model(config, bench.clip_state_dict).to(bench.device)
+    model = build_model(config, bench.clip_state_dict).to(bench.device)
     reference = build_reference_model(model)
     videos = normalize_videos(bench.train_batch['videos'].to(bench.device), config)
     with torch.no_grad():
@@ -743,7 +737,7 @@ def run_flops(args):
     """The ``flops`` subcommand: forward FLOPs per video by part, and the training step's 3x."""
     config = load_benchmark_config(args)
     num_classes = len(read_label_csv(config.DATA.LABEL_LIST))
-    dims = input_dims(config, models.load_clip_state_dict(config))
+    dims = input_dims(config, load_clip_state_dict(config))
     flops = forward_flops(dims, config, num_classes, config.TRAIN.BATCH_SIZE)
     print(f'{config.MODEL.ARCH} ({args.preset}): T {config.DATA.NUM_FRAMES}, S {config.DATA.NUM_DIVIDE}, '
           f'{config.DATA.INPUT_SIZE} px, K {num_classes}; GFLOPs per video')
@@ -789,7 +783,7 @@ def add_model_commands(subparsers):
         parser.add_argument('--precision', nargs='+', choices=list(PRECISIONS), default=None,
                             help='autocast precisions (default: bf16 fp16 fp32 on CUDA, fp32 bf16 on CPU)')
         parser.add_argument('--compile', nargs='+', choices=['off', 'on'], default=['off'],
-                            help='torch.compile of the model (models.compile_encoders; TRAIN.COMPILE_MODE)')
+                            help='torch.compile of the model (nn.Module.compile with TRAIN.COMPILE_MODE)')
         parser.add_argument('--checkpoint', nargs='+', choices=['off', 'on'], default=None,
                             help='activation checkpointing (default: TRAIN.USE_CHECKPOINT)')
         parser.set_defaults(run=run_steps)

@@ -1,6 +1,6 @@
 """A straightforward DK-CLIP for the benchmark's CPU comparison (``python -m scripts.benchmark reference``).
 
-This is how X-CLIP-style code usually computes the model (spec/model.md): sequence-first tensors
+This is how X-CLIP-style code usually computes the model (docs/model.md): sequence-first tensors
 ``[L, N, W]`` as in OpenAI's CLIP, ``nn.MultiheadAttention`` with ``need_weights=True`` (its default,
 which materialises and averages the attention weights), explicit softmax attention in the prompt
 generator, and a Python loop over the videos and snippets for the relevance, the erasing, the prompt
@@ -18,6 +18,7 @@ from torch import nn
 
 from clip.layers import QuickGELU
 from clip.model import clip_dims_from_state_dict
+from models.dkclip import DKCLIP
 from models.prompt_generator import CrossAttention, VideoSpecificPromptGenerator
 
 
@@ -158,7 +159,7 @@ class ReferenceDKCLIP(nn.Module):
     It has no stochastic depth: :func:`build_reference_model` refuses a model that uses it.
     """
 
-    UNUSED_PARAMETER_PREFIXES = ('visual_semantic.ln_post.', 'visual_semantic.proj')
+    UNUSED_PARAMETER_PREFIXES = DKCLIP.UNUSED_PARAMETER_PREFIXES
 
     def __init__(self, dims, *, num_frames, num_snippets, prompt_layers, msim_layers, erase_threshold,
                  use_local, fix_text):
@@ -214,7 +215,7 @@ class ReferenceDKCLIP(nn.Module):
                                                                      snippet_tokens.shape[-1])
 
     def classify_one(self, video, snippets, snippet_tokens, text, scale):
-        """Relevance, erasing, prompts and logits of one video (spec sections 4-5), snippet by snippet."""
+        """Relevance, erasing, prompts and logits of one video (docs/model.md), snippet by snippet."""
         video, snippets = F.normalize(video, dim=-1), F.normalize(snippets, dim=-1)
         similarity = torch.stack([scale * (video @ snippet) for snippet in snippets])  # [S]
         low, high = similarity.min(), similarity.max()

@@ -10,11 +10,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import clip
-import models
 from conftest import tiny_clip_state_dict, tiny_config
+from models.builder import build_model
+from models.loss import build_criterion
 from scripts import benchmark
-from scripts.model_benchmark import (PeakMemory, Record, _timed, device_busy_seconds, format_table, forward_flops,
-                                     input_dims, is_sync_warning, time_back_to_back)
+from scripts.model_benchmark import (PeakMemory, Record, _timed, count_host_syncs, device_busy_seconds,
+                                     format_table, forward_flops, input_dims, time_back_to_back)
 from scripts.reference_model import build_reference_model
 from utils.optimizer import build_param_groups
 
@@ -31,7 +32,7 @@ VARIANTS = [
 def build(seed=0, **overrides):
     config = tiny_config(**overrides)
     torch.manual_seed(seed)
-    return models.build_model(config, tiny_clip_state_dict(seed)), config
+    return build_model(config, tiny_clip_state_dict(seed)), config
 
 
 def random_videos(batch, num_frames, seed=1):
@@ -45,13 +46,12 @@ def test_flop_formula_equals_torch_flop_counter(overrides):
     batch, text = 3, clip.tokenize(PROMPTS)
     videos = random_videos(batch, config.DATA.NUM_FRAMES)
     with torch.no_grad():
-        model(videos, text)  # fills the text cache: frozen text costs nothing per step
         # The math kernel runs attention as matrix products, which the counter sees (it has no formula
         # for the CPU flash kernel).
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(videos, text)
     flops = forward_flops(input_dims(config, tiny_clip_state_dict()), config, len(PROMPTS), batch)
-    assert flops['text'] == 0 if config.MODEL.FIX_TEXT else flops['text'] > 0
+    assert flops['text'] > 0  # the text tower runs once per step, frozen or not
     assert sum(value for part, value in flops.items() if part != 'total') == flops['total']
     # Every matmul and convolution is in the formula: the counts agree exactly, not just within a few %.
     assert counter.get_total_flops() == pytest.approx(batch * flops['total'], rel=1e-9)
@@ -74,7 +74,7 @@ def test_reference_model_gives_our_outputs(overrides):
     videos, text = random_videos(3, config.DATA.NUM_FRAMES), clip.tokenize(PROMPTS)
     with torch.no_grad():
         ours, theirs = model(videos, text), reference(videos, text)
-    # Spec section 5: the relevance step magnifies float rounding ~100x, so the local logits agree to
+    # The relevance step magnifies float rounding ~100x, so the local logits agree to
     # ~1e-4 of their size, the global logits and video features to ~1e-6.
     for name, mine, other, tolerance in zip(('global', 'local', 'video'), ours, theirs, (2e-6, 1e-3, 1e-6)):
         if mine is None:
@@ -87,7 +87,7 @@ def test_reference_model_trains_the_same_parameters_with_the_same_gradients():
     model, config = build()
     build_param_groups(model, config)  # freezes as configured (msim, visual_semantic, text, ...)
     reference = build_reference_model(model)
-    criterion = models.build_criterion(config)
+    criterion = build_criterion(config)
     videos, text, labels = random_videos(3, 8), clip.tokenize(PROMPTS), torch.tensor([0, 3, 5])
     for network in (model, reference):
         logits_global, logits_local, _ = network(videos, text)
@@ -126,8 +126,7 @@ def test_train_command_writes_the_documented_json(tmp_path):
     assert status == 0 and torch.get_num_threads() == threads  # restored
     result = json.loads(path.read_text())
     assert result['command'] == 'train' and result['model']['preset'] == 'tiny'
-    # what TRAIN.COMPILE would compile, and how: the rows with compile True ran with these
-    assert result['model']['compile_options'] == {'scope': 'methods', 'memory_budget': 1.0}
+    assert result['model']['compile_mode'] == ''  # the rows with compile True run torch's default mode
     assert set(result['environment']) >= {'torch', 'device', 'device_name', 'load_average', 'cpu_bf16'}
     assert result['environment']['threads'] == 1
     config = tiny_config()
@@ -187,11 +186,13 @@ def test_flops_command_prints_the_breakdown(tmp_path, capsys):
     assert 'visual_semantic' in capsys.readouterr().out
 
 
-def test_only_per_operation_sync_warnings_count_as_host_syncs():
-    assert is_sync_warning('called a synchronizing CUDA operation')
-    # warned once per process when the debug mode is first switched on: not a synchronisation
-    assert not is_sync_warning('Synchronization debug mode is a prototype feature and does not yet detect '
-                               'all synchronizing operations')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_host_syncs_are_counted_on_cuda():
+    device = torch.device('cuda')
+    values = torch.ones(4, device=device)
+    assert count_host_syncs(lambda: values.sum().item(), device) >= 1
+    assert count_host_syncs(lambda: values * 2, device) == 0
+    assert count_host_syncs(lambda: values.sum().item(), torch.device('cpu')) is None
 
 
 def _event(device_type, microseconds, is_user_annotation=False):
@@ -219,23 +220,21 @@ def test_step_timing_separates_host_time_from_wall_time():
     assert time_back_to_back(step, torch.device('cpu'), 3) is None and calls == [1]  # CUDA only
 
 
-def test_table_shows_the_cuda_columns_or_dashes():
+def test_table_shows_every_record_and_dashes_for_missing_figures():
     fields = dict(section='train', implementation='dkclip', precision='bf16', compile=True, checkpoint=False,
                   batch_size=8, steps=10, median_s=0.0507, videos_per_s=157.8, peak_memory_mib=2505.0,
                   step_memory_mib=250.0, memory_method='cuda_max_allocated', flops_per_video=2.117e12,
                   achieved_tflops=334.0, mfu=0.338)
     cuda = Record(**fields, host_syncs=0, device_busy_s=0.0436, host_s=0.0311, back_to_back_s=0.0452,
                   back_to_back_mfu=0.379, peak_reserved_mib=11900.0)
-    header, cuda_row, cpu_row = format_table([cuda, Record(**fields)]).splitlines()
-    assert header.split()[6:10] == ['ms/step', 'b2b', 'ms', 'busy']
-    assert cuda_row.split()[6:10] == ['50.7', '45.2', '43.6', '31.1']
-    assert cuda_row.split()[12] == '11900' and cuda_row.split()[-2:] == ['33.8%', '37.9%']
-    assert cpu_row.split()[7:10] == ['-', '-', '-'] and cpu_row.split()[-1] == '-'
+    cpu = Record(**dict(fields, mfu=None))
+    _, cuda_row, cpu_row = format_table([cuda, cpu]).splitlines()
+    for value in ('50.7', '45.2', '43.6', '31.1', '11900', '33.8%', '37.9%'):  # ms, MiB and MFU as shown
+        assert value in cuda_row.split()
+    assert '-' in cpu_row.split() and 'None' not in cpu_row and '50.7' in cpu_row.split()
 
 
 def test_profile_prints_the_top_operators(capsys):
     assert benchmark.main(['train', '--preset', 'tiny', '--precision', 'fp32', '--steps', '1', '--warmup', '1',
                            '--threads', '1', '--profile', '5']) == 0
-    out = capsys.readouterr().out
-    assert 'profile of 3 steps: train' in out and 'aten::' in out
-    assert 'busy ms' in out
+    assert 'aten::' in capsys.readouterr().out  # the operators' table

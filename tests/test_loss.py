@@ -1,12 +1,11 @@
-"""The training objective (spec section 6) on hand-computed small tensors."""
+"""The training objective (docs/model.md, "Objective") on hand-computed small tensors."""
 import math
 
 import pytest
 import torch
 
-import models
 from conftest import tiny_config
-from models.loss import DKCLIPLoss
+from models.loss import DKCLIPLoss, build_criterion, kl_consistency
 
 
 def log_softmax(values):
@@ -19,7 +18,8 @@ def softmax(values):
 
 
 def hand_loss(logits_global, logits_local, label, variant, weight):
-    """One sample: CE(g) + weight * (CE(l_sum) + consistency), by the formulas of section 6."""
+    """One sample: CE(g) + weight * (CE(l_sum) + consistency), by the formulas of docs/model.md,
+    "Objective"."""
     local_sum = [sum(column) for column in zip(*logits_local)]
     ce_global = -log_softmax(logits_global)[label]
     ce_local = -log_softmax(local_sum)[label]
@@ -69,7 +69,7 @@ def test_official_consistency_sends_gradient_into_the_global_head_and_kl_does_no
 
 def test_local_terms_stop_after_the_consistency_epochs():
     config = tiny_config(TRAIN__CONSISTENCY_EPOCHS=14, AUG__LABEL_SMOOTH=0.0, LOSS__LAMBDA=1.0)
-    criterion = models.build_criterion(config)
+    criterion = build_criterion(config)
     g, l, y = torch.tensor(G), torch.tensor(L), torch.tensor(Y)
     before, parts_before = criterion(g, l, y, epoch=13)
     after, parts_after = criterion(g, l, y, epoch=14)
@@ -110,9 +110,7 @@ def test_hard_targets_with_smoothing_equal_the_smoothed_soft_targets():
 
 
 def test_build_criterion_reads_the_config():
-    criterion = models.build_criterion(tiny_config(LOSS__CONSISTENCY='kl', LOSS__LAMBDA=0.25,
+    criterion = build_criterion(tiny_config(LOSS__CONSISTENCY='kl', LOSS__LAMBDA=0.25,
                                                    TRAIN__CONSISTENCY_EPOCHS=3, AUG__LABEL_SMOOTH=0.2))
     assert criterion.weight == 0.25 and criterion.consistency_epochs == 3
-    assert criterion.label_smoothing == 0.2 and criterion.consistency is models.loss.kl_consistency
-    with pytest.raises(ValueError, match='LOSS.CONSISTENCY'):
-        DKCLIPLoss('mse', weight=1.0, consistency_epochs=1, label_smoothing=0.0)
+    assert criterion.label_smoothing == 0.2 and criterion.consistency is kl_consistency

@@ -1,5 +1,5 @@
 """DK-CLIP forward pass on tiny configs: shapes, precision, erasing and local fusion against a naive
-per-sample per-snippet reference, the cross-frame grouping, checkpointing and the text-feature cache."""
+per-sample per-snippet reference, the cross-frame grouping, checkpointing and the frozen text encoder."""
 import dataclasses
 import math
 
@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import clip
-import models
 from conftest import TINY_DIMS, tiny_clip_state_dict, tiny_config
+from models.builder import build_model
 from models.cross_frame import CrossFrameBlock
+from models.dkclip import snippet_relevance
+from models.loss import build_criterion
 from models.prompt_generator import VideoSpecificPromptGenerator
 
 PROMPTS = ['happiness with cheek raiser', 'sadness with brow lowerer', 'neutral', 'anger with lid tightener',
@@ -22,7 +24,7 @@ def build(seed=0, **overrides):
     """A tiny DK-CLIP (random CLIP weights) and its config."""
     config = tiny_config(**overrides)
     torch.manual_seed(seed)
-    return models.build_model(config, tiny_clip_state_dict(seed)), config
+    return build_model(config, tiny_clip_state_dict(seed)), config
 
 
 def tokens(num_classes):
@@ -45,7 +47,7 @@ def videos(batch, num_frames, seed=1):
 def test_shapes_and_finite_outputs_fp32_and_bf16(batch, num_frames, num_snippets, num_classes):
     model, _ = build(DATA__NUM_FRAMES=num_frames, DATA__NUM_DIVIDE=num_snippets)
     inputs, text = videos(batch, num_frames), tokens(num_classes)
-    details = model.forward_details(inputs, text)
+    details = model(inputs, text, return_details=True)
     logits_global, logits_local, video_features = model(inputs, text)
     assert logits_global.shape == (batch, num_classes)
     assert logits_local.shape == (batch, num_snippets, num_classes)
@@ -54,7 +56,7 @@ def test_shapes_and_finite_outputs_fp32_and_bf16(batch, num_frames, num_snippets
     assert details['erased'].dtype == torch.bool
     torch.testing.assert_close(video_features.norm(dim=-1), torch.ones(batch))
     torch.testing.assert_close(details['relevance'].sum(dim=1), torch.ones(batch))
-    # forward returns what forward_details computes
+    # the plain call returns what the detailed one computes
     torch.testing.assert_close(logits_global, details['logits_global'], rtol=0, atol=0)
     torch.testing.assert_close(logits_local, details['logits_local'], rtol=0, atol=0)
     for output in (logits_global, logits_local, video_features):
@@ -71,7 +73,7 @@ def test_shapes_and_finite_outputs_fp32_and_bf16(batch, num_frames, num_snippets
 
 def test_bf16_autocast_backward_is_finite():
     model, config = build()
-    criterion = models.build_criterion(config)
+    criterion = build_criterion(config)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         logits_global, logits_local, _ = model(videos(2, 8), tokens(7))
     loss, _ = criterion(logits_global, logits_local, torch.tensor([0, 3]), epoch=0)
@@ -87,10 +89,10 @@ def test_forward_and_backward_need_no_tensor_values_on_the_host(fix_text):
     model, config = build(MODEL__DROP_PATH_RATE=0.1, MODEL__FIX_TEXT=fix_text)
     model.to('meta')
     text = tokens(7).to('meta')
-    for _ in range(2):  # the second step uses the cached text features
+    for _ in range(2):
         logits_global, logits_local, _ = model(torch.empty(2, 8, 3, 32, 32, device='meta'), text)
         labels = torch.empty(2, dtype=torch.long, device='meta')
-        loss, parts = models.build_criterion(config)(logits_global, logits_local, labels, epoch=0)
+        loss, parts = build_criterion(config)(logits_global, logits_local, labels, epoch=0)
         loss.backward()
     assert logits_local.shape == (2, 4, 7) and model.visual.conv1.weight.grad.device.type == 'meta'
 
@@ -102,10 +104,10 @@ def test_wrong_number_of_frames_is_a_clear_error():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Erasing and local fusion against a naive reference (spec sections 4-5)
+# Erasing and local fusion against a naive reference (docs/model.md, "Relevance and erasing")
 # ----------------------------------------------------------------------------------------------------
 def naive_head(model, video_features, snippet_features, snippet_tokens, text_features, tau, use_local):
-    """Sections 4-5 one video and one snippet at a time, with Python floats for the relevance."""
+    """The head one video and one snippet at a time, with Python floats for the relevance."""
     scale = model.logit_scale.exp().item()
     batch, num_snippets = snippet_features.shape[:2]
     logits_global, logits_local, relevances, erased_all = [], [], [], []
@@ -170,7 +172,7 @@ def test_full_forward_matches_naive_reference_fp32():
         text_features = model.encode_prompts(text)
         expected = naive_head(model, *encoded, text_features, tau=0.15, use_local=True)
         logits_global, logits_local, _ = model(inputs, text)
-    # section 5: the relevance step magnifies rounding; local logits agree to ~1e-4 relative
+    # the relevance step magnifies rounding; local logits agree to ~1e-4 relative
     torch.testing.assert_close(logits_global, expected['logits_global'], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits_local, expected['logits_local'], rtol=1e-4, atol=1e-4)
 
@@ -193,16 +195,16 @@ def test_outlier_snippet_is_erased_and_the_others_kept():
 def test_equal_similarities_and_single_snippet_give_uniform_relevance_without_nan():
     video = F.normalize(torch.randn(2, 64), dim=-1).requires_grad_()
     snippets = video.detach()[:, None].repeat(1, 3, 1).requires_grad_()  # all equal similarities
-    relevance = models.snippet_relevance(video, snippets, torch.tensor(100.0))
+    relevance = snippet_relevance(video, snippets, torch.tensor(100.0))
     torch.testing.assert_close(relevance, torch.full((2, 3), 1 / 3))
     (relevance * torch.randn(2, 3)).sum().backward()
     assert torch.isfinite(video.grad).all() and torch.isfinite(snippets.grad).all()
 
     model, config = build(DATA__NUM_DIVIDE=1)
     logits_global, logits_local, _ = model(videos(2, 8), tokens(3))
-    details = model.forward_details(videos(2, 8), tokens(3))
+    details = model(videos(2, 8), tokens(3), return_details=True)
     assert (details['relevance'] == 1).all() and not details['erased'].any()
-    loss, _ = models.build_criterion(config)(logits_global, logits_local, torch.tensor([0, 1]), epoch=0)
+    loss, _ = build_criterion(config)(logits_global, logits_local, torch.tensor([0, 1]), epoch=0)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -213,7 +215,7 @@ def test_without_local_branch_nothing_is_erased_and_context_is_the_plain_mean():
     inputs, text = videos(3, 8), tokens(7)
     logits_global, logits_local, _ = model(inputs, text)
     assert logits_local is None
-    details = model.forward_details(inputs, text)
+    details = model(inputs, text, return_details=True)
     assert not details['erased'].any()
     with torch.no_grad():
         expected = naive_head(model, *model.encode_video(inputs), model.encode_prompts(text), tau=0.3,
@@ -296,7 +298,7 @@ def test_prompt_generator_matches_explicit_attention():
 # ----------------------------------------------------------------------------------------------------
 def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     model, config = build(MODEL__DROP_PATH_RATE=0.2, MODEL__FIX_TEXT=False)
-    criterion = models.build_criterion(config)
+    criterion = build_criterion(config)
     calls = []
     block = model.visual.transformer.resblocks[0]
     block_forward = block.forward
@@ -335,14 +337,14 @@ def test_use_checkpoint_config_key_turns_checkpointing_on():
 
 def test_drop_path_rates_ramp_linearly_in_both_encoders():
     four_layers = tiny_clip_state_dict(dims=dataclasses.replace(TINY_DIMS, vision_layers=4))
-    model = models.build_model(tiny_config(MODEL__DROP_PATH_RATE=0.3), four_layers)
+    model = build_model(tiny_config(MODEL__DROP_PATH_RATE=0.3), four_layers)
     for encoder in (model.visual, model.visual_semantic):
         rates = [getattr(block.drop_path, 'drop_prob', 0.0) for block in encoder.transformer.resblocks]
         assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
 # ----------------------------------------------------------------------------------------------------
-# Text features: cached when frozen, recomputed with gradient otherwise
+# Text features: without gradient when frozen, with gradient otherwise
 # ----------------------------------------------------------------------------------------------------
 def count_text_encoder_runs(model):
     runs = []
@@ -350,46 +352,44 @@ def count_text_encoder_runs(model):
     return runs
 
 
-def test_fixed_text_is_computed_once_and_never_in_backward():
+def text_parameter_names(model):
+    """The text tower's parameters: token and positional embeddings, 2 x 12 block tensors, ln_final, proj."""
+    names = [name for name, _ in model.named_parameters()
+             if not name.startswith(('visual', 'msim', 'prompts', 'logit_scale'))]
+    assert len(names) == 29
+    return names
+
+
+@pytest.mark.parametrize('amp_dtype', [None, torch.bfloat16])
+def test_frozen_text_gets_no_gradient_and_gives_the_logits_of_encode_text(amp_dtype):
     model, config = build()
     runs = count_text_encoder_runs(model)
-    text = tokens(7)
-    criterion = models.build_criterion(config)
-    for step in range(2):
-        logits_global, logits_local, _ = model(videos(2, 8, seed=step), text)
-        criterion(logits_global, logits_local, torch.tensor([0, 1]), epoch=0)[0].backward()
-    assert runs == [False]  # once, without autograd
-    # every parameter still has requires_grad (nothing frozen yet), yet the text encoder got no gradient
-    text_names = [n for n, _ in model.named_parameters()
-                  if not n.startswith(('visual', 'msim', 'prompts', 'logit_scale'))]
-    assert len(text_names) == 29  # token and positional embeddings, 2 x 12 block tensors, ln_final, proj
-    assert all(dict(model.named_parameters())[name].grad is None for name in text_names)
+    inputs, text, labels = videos(2, 8), tokens(7), torch.tensor([0, 1])
+    with torch.autocast('cpu', dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        logits_global, logits_local, _ = model(inputs, text)
+        build_criterion(config)(logits_global, logits_local, labels, epoch=0)[0].backward()
+        with torch.no_grad():
+            expected = model.classify(*model.encode_video(inputs), model.encode_text(text))
+    assert runs[0] is False  # the frozen tower ran without autograd
+    # every parameter still has requires_grad (nothing frozen by an optimizer), yet the text tower got no
+    # gradient while the video encoder did
+    parameters = dict(model.named_parameters())
+    assert all(parameters[name].grad is None for name in text_parameter_names(model))
     assert model.visual.conv1.weight.grad is not None
+    torch.testing.assert_close(logits_global, expected['logits_global'])
+    torch.testing.assert_close(logits_local, expected['logits_local'])
 
 
-def test_text_cache_follows_tokens_weights_mode_and_inference_mode():
+def test_frozen_text_follows_new_prompts_and_changed_weights():
     model, _ = build()
-    runs = count_text_encoder_runs(model)
-    text = tokens(7)
-    first = model.encode_prompts(text)
-    model.eval()
-    assert model.encode_prompts(text) is first and not model.training  # mode untouched, cache kept
-    model.train()
-    assert model.encode_prompts(text.clone()) is first  # equal tokens in a new tensor: still cached
-    assert len(runs) == 1
-    assert model.encode_prompts(tokens(5)).shape == (5, 64) and len(runs) == 2  # other prompts
-    model.encode_prompts(text)
+    inputs = videos(2, 8)
     with torch.no_grad():
-        model.text_projection.mul_(2.0)  # weights changed in place (optimizer step, load_state_dict)
-    torch.testing.assert_close(model.encode_prompts(text), 2 * first)
-    assert len(runs) == 4 and model.training
-    with torch.inference_mode():
-        model.encode_prompts(tokens(6))
-    assert len(runs) == 5
-    # features made under inference_mode are not reused where autograd may record them
-    logits_global, _, _ = model(videos(1, 8), tokens(6))
-    logits_global.sum().backward()
-    assert len(runs) == 6
+        assert model(inputs, tokens(7))[0].shape == (2, 7)
+        assert model(inputs, tokens(5))[0].shape == (2, 5)  # other prompts, other classes
+        before = model(inputs, tokens(7))[0]
+        model.text_projection.mul_(-1.0)  # weights changed in place (optimizer step, load_state_dict)
+        after = model(inputs, tokens(7))[0]
+    assert not torch.allclose(before, after)
 
 
 def test_trainable_text_is_recomputed_with_gradient():
@@ -404,9 +404,9 @@ def test_trainable_text_is_recomputed_with_gradient():
 
 def test_msim_positional_init_follows_the_config():
     torch.manual_seed(0)
-    released = models.build_model(tiny_config(), tiny_clip_state_dict())
+    released = build_model(tiny_config(), tiny_clip_state_dict())
     assert released.msim.positional_embedding.std().item() == pytest.approx(0.02, rel=0.5)
     torch.manual_seed(0)
-    widened = models.build_model(tiny_config(MODEL__MSIM_POS_INIT_STD=1.0), tiny_clip_state_dict())
+    widened = build_model(tiny_config(MODEL__MSIM_POS_INIT_STD=1.0), tiny_clip_state_dict())
     positions = widened.msim.positional_embedding
     assert 0.6 < positions.std().item() < 1.0 and positions.abs().max().item() <= 2.0  # truncated at 2 std

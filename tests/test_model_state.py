@@ -1,10 +1,10 @@
-"""DK-CLIP's state dict (spec section 2), initialisation (section 8) and construction from the config
-(CLIP weights from a file, the cache folder or random; input size)."""
+"""DK-CLIP's state dict and initialisation (docs/model.md, "Parameter names", "Initialisation") and its
+construction from the config (CLIP weights from a file, the cache folder or random; input size)."""
 import pytest
 import torch
 
-import models
 from conftest import tiny_clip_state_dict, tiny_config
+from models.builder import build_model, load_clip_state_dict
 from utils.config import ConfigError
 
 W = E = 64       # tiny vision width and embedding width (text width is 64 too)
@@ -47,7 +47,7 @@ def prompt_generator_layer(prefix):
 
 
 def expected_state_dict_shapes():
-    """Spec section 2 for the tiny config: 2 vision, 2 text, 2 prompt and 1 msim layers."""
+    """docs/model.md, "Parameter names", for the tiny config: 2 vision, 2 text, 2 prompt, 1 msim layers."""
     shapes = {
         # visual: OpenAI's names plus message modules in every block
         'visual.class_embedding': (W,), 'visual.positional_embedding': (P + 1, W),
@@ -79,7 +79,7 @@ def expected_state_dict_shapes():
 
 def build(**overrides):
     torch.manual_seed(0)
-    return models.build_model(tiny_config(**overrides), tiny_clip_state_dict())
+    return build_model(tiny_config(**overrides), tiny_clip_state_dict())
 
 
 def test_state_dict_names_and_shapes_follow_the_spec():
@@ -94,7 +94,7 @@ def test_a_checkpoint_loads_strictly_into_a_fresh_model_and_gives_the_same_outpu
     with torch.no_grad():
         for parameter in trained.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
-    restored = models.build_model(tiny_config(), tiny_clip_state_dict(seed=5))
+    restored = build_model(tiny_config(), tiny_clip_state_dict(seed=5))
     restored.load_state_dict(trained.state_dict(), strict=True)
     inputs, text = torch.randn(2, 8, 3, 32, 32), torch.randint(1, 49000, (3, 77))
     text[:, 10] = 49407
@@ -106,7 +106,7 @@ def test_a_checkpoint_loads_strictly_into_a_fresh_model_and_gives_the_same_outpu
 def test_clip_weights_are_copied_and_the_new_parts_initialised_per_spec():
     clip_weights = tiny_clip_state_dict()
     torch.manual_seed(0)
-    model = models.build_model(tiny_config(), clip_weights)
+    model = build_model(tiny_config(), clip_weights)
     state = model.state_dict()
     for name, tensor in clip_weights.items():  # visual.* and the text encoder come from CLIP
         torch.testing.assert_close(state[name], tensor.float(), rtol=0, atol=0, msg=name)
@@ -152,21 +152,21 @@ def test_config_keys_reach_the_model():
 
 def test_input_size_other_than_clip_resamples_the_positional_embedding():
     clip_weights = tiny_clip_state_dict()
-    model = models.build_model(tiny_config(DATA__INPUT_SIZE=48), clip_weights)
+    model = build_model(tiny_config(DATA__INPUT_SIZE=48), clip_weights)
     embedding = model.visual.positional_embedding
     assert embedding.shape == (37, W) and model.visual_semantic.positional_embedding.shape == (37, W)
     torch.testing.assert_close(embedding[0], clip_weights['visual.positional_embedding'][0])  # class
     outputs = model(torch.randn(1, 8, 3, 48, 48), torch.randint(1, 400, (2, 77)))
     assert outputs[1].shape == (1, S, 2)
     with pytest.raises(ConfigError, match='DATA.INPUT_SIZE'):
-        models.build_model(tiny_config(DATA__INPUT_SIZE=36), clip_weights)
+        build_model(tiny_config(DATA__INPUT_SIZE=36), clip_weights)
 
 
 def test_weights_that_do_not_fit_are_a_clear_error():
     clip_weights = tiny_clip_state_dict()
     clip_weights['visual.extra'] = torch.zeros(1)
     with pytest.raises(ValueError, match='visual.extra'):
-        models.build_model(tiny_config(), clip_weights)
+        build_model(tiny_config(), clip_weights)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_weights_that_do_not_fit_are_a_clear_error():
 def test_pretrained_file_is_loaded(tmp_path):
     path = tmp_path / 'weights.pt'
     torch.save({'state_dict': tiny_clip_state_dict(seed=3), 'input_resolution': 32}, path)
-    state_dict = models.load_clip_state_dict(tiny_config(MODEL__PRETRAINED=str(path)))
+    state_dict = load_clip_state_dict(tiny_config(MODEL__PRETRAINED=str(path)))
     expected = tiny_clip_state_dict(seed=3)
     assert state_dict.keys() == expected.keys()
     assert all(torch.equal(state_dict[k], expected[k]) for k in expected)
@@ -185,31 +185,31 @@ def test_unreadable_pretrained_file_names_the_key(tmp_path):
     path = tmp_path / 'broken.pt'
     path.write_bytes(b'not a checkpoint')
     with pytest.raises(ConfigError, match='MODEL.PRETRAINED.*broken.pt'):
-        models.load_clip_state_dict(tiny_config(MODEL__PRETRAINED=str(path)))
+        load_clip_state_dict(tiny_config(MODEL__PRETRAINED=str(path)))
 
 
 def test_random_init_uses_the_custom_dimensions():
-    state_dict = models.load_clip_state_dict(tiny_config(MODEL__CUSTOM__VISION_LAYERS=3,
+    state_dict = load_clip_state_dict(tiny_config(MODEL__CUSTOM__VISION_LAYERS=3,
                                                          MODEL__CUSTOM__EMBED_DIM=32))
     assert state_dict['text_projection'].shape == (64, 32)
     assert 'visual.transformer.resblocks.2.attn.in_proj_weight' in state_dict
     assert 'visual.transformer.resblocks.3.attn.in_proj_weight' not in state_dict
     with pytest.raises(ConfigError, match='MODEL.ARCH'):
-        models.load_clip_state_dict(tiny_config(MODEL__ARCH='ViT-X/99'))
+        load_clip_state_dict(tiny_config(MODEL__ARCH='ViT-X/99'))
 
 
 def test_named_arch_is_read_from_the_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv('CLIP_CACHE', str(tmp_path))
     config = tiny_config(MODEL__ARCH='ViT-B/16', MODEL__RANDOM_INIT=False)
     with pytest.raises(ConfigError) as error:
-        models.load_clip_state_dict(config)
+        load_clip_state_dict(config)
     message = str(error.value)
     assert 'ViT-B-16.pt' in message and str(tmp_path) in message and 'MODEL.PRETRAINED' in message
     torch.save(tiny_clip_state_dict(seed=4), tmp_path / 'ViT-B-16.pt')
-    state_dict = models.load_clip_state_dict(config)
+    state_dict = load_clip_state_dict(config)
     assert torch.equal(state_dict['text_projection'], tiny_clip_state_dict(seed=4)['text_projection'])
 
 
 def test_custom_arch_without_weights_or_random_init_is_a_clear_error():
     with pytest.raises(ConfigError, match='MODEL.RANDOM_INIT'):
-        models.load_clip_state_dict(tiny_config(MODEL__RANDOM_INIT=False))
+        load_clip_state_dict(tiny_config(MODEL__RANDOM_INIT=False))
