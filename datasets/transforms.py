@@ -1,6 +1,8 @@
 """Clip transforms on uint8 ``[T, 3, H, W]`` tensors: the published training and test pipelines.
 
-One random draw per clip, applied to all its frames, vectorised over the frames. Each pipeline crops
+One crop and flip per clip, applied to all its frames, vectorised over the frames; colour jitter is
+applied or skipped per clip, and when applied, draws new factors and operation order for every frame
+(the published recipe; ``AUG.PER_FRAME_JITTER`` False draws them once per clip). Each pipeline crops
 the source frames first and resizes once: the release's "resize the short side to 256/224 S, then
 crop" is the same geometry as cropping the corresponding box of the source and resizing it to S.
 Flip, colour jitter and greyscale are per-pixel operations that commute with that resize, so they run
@@ -8,13 +10,12 @@ on whichever of the crop and the output has fewer pixels.
 
 Colour jitter and greyscale run through OpenCV on a zero-copy view of the clip (``[T * h, w, 3]``,
 the frames stacked into one tall image, which is exact for these per-pixel operations): torchvision's
-uint8 colour functions convert to float and back for every operation, about 25 times slower, which
-alone would cap a data-loader worker near 10 clips/s at 224 px. The operations follow torchvision's
+uint8 colour functions convert to float and back for every operation, too slow for a data-loader worker
+(docs/performance.md, section 4.11). The operations follow torchvision's
 ``ColorJitter`` semantics (factor ranges, random order, clamping after each operation, per-frame
 contrast mean; results within 1 level, hue within 3, of torchvision's); normalisation happens on the
-device (``normalize_videos``).
+device (``utils.engine.normalize_videos``).
 """
-import functools
 import logging
 
 import cv2
@@ -147,16 +148,18 @@ def convert_to_grayscale(clip):
 
 
 class TrainTransform:
-    """The published training pipeline, one random draw per clip.
+    """The published training pipeline.
 
     Short-side resize to ``RESIZE_RATIO * S``, multi-scale crop, resize to ``S x S`` (done as one crop
-    of the source and one resize), horizontal flip (p 0.5), colour jitter, greyscale.
+    of the source and one resize), horizontal flip (p 0.5), colour jitter, greyscale. Crop, flip and
+    the jitter and greyscale coins are drawn once per clip; the jitter factors per frame or per clip.
 
     Args:
         input_size: the output side S.
         color_jitter_probability: probability of colour jitter for a clip (``AUG.COLOR_JITTER``).
         grayscale_probability: probability of greyscale for a clip (``AUG.GRAY_SCALE``).
-        per_frame_jitter: draw the jitter factors for each frame (the release) instead of per clip.
+        per_frame_jitter: draw the jitter factors and order for each frame (the release) instead of
+            once per clip (``AUG.PER_FRAME_JITTER``).
     """
 
     def __init__(self, input_size, color_jitter_probability, grayscale_probability, per_frame_jitter):
@@ -245,30 +248,3 @@ def build_train_transform(config):
 def build_test_transform(config):
     """The ``TestTransform`` of the config (``DATA.INPUT_SIZE``, ``TEST.NUM_CROP``)."""
     return TestTransform(config.DATA.INPUT_SIZE, config.TEST.NUM_CROP)
-
-
-def normalize_videos(videos, config):
-    """uint8 videos ``[..., 3, H, W]`` -> float32 ``(x - DATA.MEAN) / DATA.STD`` on the same device.
-
-    Args:
-        videos: uint8 tensor whose third-last dimension holds the RGB channels.
-        config: the run's config (``DATA.MEAN``, ``DATA.STD``, on the 0..255 scale).
-
-    Returns:
-        torch.Tensor: float32, same shape and device, contiguous.
-    """
-    # The loader's batches keep the decoders' channels-last memory (a layout change costs a CPU
-    # worker ~2.5 ms per 16 x 224 clip); on the device it is nearly free.
-    videos = videos.contiguous()
-    mean, std = _normalization_tensors(tuple(config.DATA.MEAN), tuple(config.DATA.STD), videos.device)
-    return videos.float().sub_(mean).div_(std)
-
-
-@functools.lru_cache(maxsize=8)
-def _normalization_tensors(mean, std, device):
-    # Cached per device: building them from Python lists each step would be a blocking host-to-device
-    # copy inside the training step.
-    def as_tensor(values):
-        return torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
-
-    return as_tensor(mean), as_tensor(std)

@@ -1,13 +1,15 @@
-"""Clip transforms: one draw per clip, shapes, dtype, normalisation, the crop rules, colour operations
-against torchvision's own functions."""
+"""Clip transforms: one geometry draw per clip, colour jitter per frame (default) or per clip with one
+coin per clip, shapes, dtype, normalisation, the crop rules, colour operations against torchvision's own
+functions."""
 import pytest
 import torch
 import torchvision.transforms.v2.functional as F
 
 from conftest import tiny_config
 from datasets import transforms
-from datasets.transforms import (TrainTransform, apply_color_jitter, convert_to_grayscale, draw_color_jitter,
-                                 multi_scale_crop_box, normalize_videos)
+from datasets.transforms import (TrainTransform, apply_color_jitter, build_train_transform,
+                                 convert_to_grayscale, draw_color_jitter, multi_scale_crop_box)
+from utils.engine import normalize_videos
 
 TestTransform = transforms.TestTransform
 TestTransform.__test__ = False  # not a pytest test class
@@ -24,26 +26,56 @@ def identical_frames(num_frames=6, height=40, width=56):
     return smooth_frames(1, height, width).expand(num_frames, -1, -1, -1).contiguous()
 
 
-@pytest.mark.parametrize('per_frame_jitter', [False])
-def test_a_clip_of_identical_frames_stays_identical_after_training_augmentation(per_frame_jitter):
+def test_per_clip_option_gives_all_frames_one_colour_draw():
     transform = TrainTransform(32, color_jitter_probability=1.0, grayscale_probability=0.0,
-                               per_frame_jitter=per_frame_jitter)
+                               per_frame_jitter=False)
     torch.manual_seed(0)
     for _ in range(10):
         clip = transform(identical_frames())
         assert (clip == clip[:1]).all()  # same crop, flip and colour draw for every frame
 
 
-def test_per_frame_jitter_gives_frames_different_colours_but_one_geometry():
+def test_per_frame_jitter_gives_every_frame_its_own_colours_but_one_geometry():
     transform = TrainTransform(32, color_jitter_probability=1.0, grayscale_probability=0.0,
                                per_frame_jitter=True)
-    grey = identical_frames()[:, :1].expand(-1, 3, -1, -1).contiguous()  # hue / saturation inert
     torch.manual_seed(0)
+    for _ in range(5):
+        clip = transform(identical_frames())
+        flat = clip.flatten(1)
+        assert all(not torch.equal(flat[i], flat[j]) for i in range(len(flat)) for j in range(i))
+    grey = identical_frames()[:, :1].expand(-1, 3, -1, -1).contiguous()  # hue / saturation inert
     clip = transform(grey)
-    assert not (clip == clip[:1]).all()  # brightness / contrast drawn per frame
-    # but one crop and flip: every frame is a (clamped) affine function of the first one
+    # one crop and flip: every frame is a (clamped) affine function of the first one
     correlation = torch.corrcoef(clip[:, 0].flatten(1).float())
     assert correlation.min() > 0.97
+
+
+def jittered_frame_counts(per_frame_jitter, trials=200):
+    """Per clip, how many frames colour jitter (p 0.5) changed, against the same draws without it."""
+    plain = TrainTransform(32, 0.0, 0.0, per_frame_jitter)
+    jittered = TrainTransform(32, 0.5, 0.0, per_frame_jitter)
+    frames = identical_frames(num_frames=6, height=32, width=32)
+    torch.manual_seed(4)
+    counts = []
+    for _ in range(trials):
+        state = torch.get_rng_state()
+        reference = plain(frames)
+        torch.set_rng_state(state)
+        clip = jittered(frames)  # same crop / flip draws come first
+        counts.append(sum(not torch.equal(a, b) for a, b in zip(clip, reference)))
+    return counts
+
+
+@pytest.mark.parametrize('per_frame_jitter', [True, False])
+def test_the_colour_jitter_coin_is_tossed_once_per_clip(per_frame_jitter):
+    counts = jittered_frame_counts(per_frame_jitter)
+    assert set(counts) == {0, 6}  # all frames untouched or all jittered, never some of them
+    assert abs(counts.count(6) / len(counts) - 0.5) < 0.1
+
+
+def test_per_frame_jitter_is_the_default():
+    assert build_train_transform(tiny_config()).per_frame_jitter is True
+    assert build_train_transform(tiny_config(AUG__PER_FRAME_JITTER=False)).per_frame_jitter is False
 
 
 def test_training_never_changes_the_input_frames():
