@@ -11,17 +11,19 @@ Layout of ``DATA.ROOT`` (the demo config sets ``DATA.ROOT: data/synthetic`` and 
 ``DATA.TRAIN_FILE``, ``DATA.VAL_FILE`` and ``DATA.LABEL_LIST`` at the three files inside it)::
 
     train.txt, test.txt       3-field lists, paths relative to DATA.ROOT
+    train_fold<k>.txt, ...    the lists of DATA.SYNTHETIC.FOLD k, written when a run first uses them
     labels.csv                id,name with the class descriptions
     frames/<split>/<id>/<t>.jpg   JPEG frame folders (DATA.SYNTHETIC.FORMAT 'frames'), or
     videos/<split>/<id>.mp4       mp4 files, MPEG-4 part 2 (FORMAT 'video')
     synthetic.json            the DATA.SYNTHETIC settings the files were generated with
 
-Only the format the lists use is written: writing both took 40 % longer for no use, and changing any
-setting (FORMAT included) regenerates the dataset anyway.
+Only the format the lists use is written (writing both costs time for no use; docs/performance.md,
+section 4.12), and changing any setting (FORMAT included) regenerates the dataset anyway.
 
 Drawing is vectorised over clips, frames and pixels (torch), deterministic for ``DATA.SYNTHETIC.SEED``,
 and takes seconds for the default sizes.
 """
+import glob
 import json
 import logging
 import os
@@ -57,11 +59,13 @@ PART_AMPLITUDE = {'corners': 0.5, 'brows': 0.28, 'mouth': 0.3}
 GENERATOR_VERSION = 2
 SPLITS = ('train', 'test')
 FILES = {'train': 'train.txt', 'test': 'test.txt', 'labels': 'labels.csv', 'settings': 'synthetic.json'}
+# DATA.SYNTHETIC keys that leave the clips' pixels alone: changing them never regenerates the clips.
+NON_DRAWING_KEYS = ('GENERATE', 'FOLD')
 # Frames per second of the mp4 files (informational only).
 VIDEO_FPS = 8
 JPEG_QUALITY = 95
-# Clips drawn at once: small arrays are recycled by the allocator instead of being mapped afresh (page
-# faults made chunks of 64 clips 40 % slower per clip).
+# Clips drawn at once: small arrays are recycled by the allocator instead of being mapped afresh
+# (larger chunks were slower per clip; docs/performance.md, section 4.12).
 CHUNK_CLIPS = 8
 # Folder of each storage format (DATA.SYNTHETIC.FORMAT) under DATA.ROOT.
 STORAGE_FOLDERS = {'frames': 'frames', 'video': 'videos'}
@@ -76,7 +80,7 @@ COLOUR_KEYS = ('background', 'skin', 'feature', 'brows_colour', 'corners_colour'
 def drawing_settings(synthetic):
     """The ``DATA.SYNTHETIC`` settings that determine the clips' pixels, and the generator's version
     (a plain dict)."""
-    settings = {key: synthetic[key] for key in sorted(synthetic) if key != 'GENERATE'}
+    settings = {key: synthetic[key] for key in sorted(synthetic) if key not in NON_DRAWING_KEYS}
     return {'GENERATOR_VERSION': GENERATOR_VERSION, **settings}
 
 
@@ -94,6 +98,8 @@ def validate_synthetic_settings(synthetic):
         ('MOTION', synthetic.MOTION > 0, 'must be positive'),
         ('PIXEL_NOISE', synthetic.PIXEL_NOISE >= 0, 'must not be negative'),
         ('FORMAT', synthetic.FORMAT in ('frames', 'video'), "must be 'frames' or 'video'"),
+        ('FOLD', 0 <= synthetic.FOLD <= last_fold(synthetic),
+         f'must lie in [0, TRAIN_PER_CLASS // TEST_PER_CLASS = {last_fold(synthetic)}]'),
     ]
     for key, valid, rule in rules:
         if not valid:
@@ -270,6 +276,31 @@ def split_labels(split, synthetic):
     return np.arange(per_class * len(CLASSES)) % len(CLASSES)
 
 
+def last_fold(synthetic):
+    """The highest ``DATA.SYNTHETIC.FOLD``: how many test-sized blocks the training clips hold."""
+    return synthetic.TRAIN_PER_CLASS // max(synthetic.TEST_PER_CLASS, 1)
+
+
+def list_names(synthetic):
+    """``{'train': file name, 'test': file name}`` of the lists of ``DATA.SYNTHETIC.FOLD`` in DATA.ROOT."""
+    if synthetic.FOLD == 0:
+        return {split: FILES[split] for split in SPLITS}
+    return {split: f'{split}_fold{synthetic.FOLD}.txt' for split in SPLITS}
+
+
+def fold_clips(synthetic):
+    """The clips of each list of ``DATA.SYNTHETIC.FOLD``: ``{'train': [(folder, clip id, label), ...],
+    'test': [...]}``, where ``folder`` is the split the clip was generated in."""
+    clips = {split: [(split, clip_id, label) for clip_id, label in enumerate(split_labels(split, synthetic))]
+             for split in SPLITS}
+    if synthetic.FOLD == 0:
+        return clips
+    block = synthetic.TEST_PER_CLASS * len(CLASSES)  # clips are class-interleaved: every block is balanced
+    start = (synthetic.FOLD - 1) * block
+    training = clips['train'][:start] + clips['train'][start + block:] + clips['test']
+    return {'train': training, 'test': clips['train'][start:start + block]}
+
+
 def clip_path(split, clip_id, storage):
     """A clip's path relative to DATA.ROOT: its frame folder or its mp4 file."""
     name = f'{clip_id:05d}' if storage == 'frames' else f'{clip_id:05d}.mp4'
@@ -329,15 +360,24 @@ def _write_split(root, split, synthetic, rng, executor):
 
 
 def write_lists(root, synthetic):
-    """Write ``train.txt``, ``test.txt``, ``labels.csv`` and the settings record ``synthetic.json``."""
-    for split in SPLITS:
-        lines = [f'{clip_path(split, clip_id, synthetic.FORMAT)} {synthetic.CLIP_LENGTH} {label}\n'
-                 for clip_id, label in enumerate(split_labels(split, synthetic))]
-        write_text(os.path.join(root, FILES[split]), ''.join(lines))
+    """Write the lists of ``DATA.SYNTHETIC.FOLD`` (fold 0: ``train.txt``, ``test.txt``), ``labels.csv``
+    and the settings record ``synthetic.json``."""
+    names = list_names(synthetic)
+    for split, clips in fold_clips(synthetic).items():
+        lines = [f'{clip_path(folder, clip_id, synthetic.FORMAT)} {synthetic.CLIP_LENGTH} {label}\n'
+                 for folder, clip_id, label in clips]
+        write_text(os.path.join(root, names[split]), ''.join(lines))
     write_text(os.path.join(root, FILES['labels']),
                 'id,name\n' + ''.join(f'{i},{name}\n' for i, (name, _, _) in enumerate(CLASSES)))
     write_text(os.path.join(root, FILES['settings']),
                 json.dumps(drawing_settings(synthetic), indent=1) + '\n')
+
+
+def _remove_lists(root):
+    """Remove every fold's lists: they name the old clips; each fold writes its own again when used."""
+    patterns = [FILES[split] for split in SPLITS] + [f'{split}_fold*.txt' for split in SPLITS]
+    for path in [path for pattern in patterns for path in glob.glob(os.path.join(root, pattern))]:
+        os.remove(path)
 
 
 def _replace_clip_folders(root, staging):
@@ -384,6 +424,7 @@ def generate_synthetic_dataset(root, synthetic):
         torch.set_num_threads(threads)
     if os.path.isfile(settings_file):
         os.remove(settings_file)  # the old lists are no longer valid from here on
+    _remove_lists(root)
     _replace_clip_folders(root, staging)
     shutil.rmtree(staging)
     write_lists(root, synthetic)
@@ -402,7 +443,8 @@ def _read_settings_record(root):
 
 
 def _check_config_points_at(config, root):
-    expected = {'DATA.TRAIN_FILE': FILES['train'], 'DATA.VAL_FILE': FILES['test'],
+    names = list_names(config.DATA.SYNTHETIC)
+    expected = {'DATA.TRAIN_FILE': names['train'], 'DATA.VAL_FILE': names['test'],
                 'DATA.LABEL_LIST': FILES['labels']}
     values = {'DATA.TRAIN_FILE': config.DATA.TRAIN_FILE, 'DATA.VAL_FILE': config.DATA.VAL_FILE,
               'DATA.LABEL_LIST': config.DATA.LABEL_LIST}
@@ -421,13 +463,15 @@ def _check_config_points_at(config, root):
 def ensure_synthetic_dataset(config):
     """Generate the synthetic dataset into ``DATA.ROOT`` unless it is there already.
 
-    Does nothing unless ``DATA.SYNTHETIC.GENERATE``. Regenerates when a list, the label CSV or
+    Does nothing unless ``DATA.SYNTHETIC.GENERATE``. Regenerates when the label CSV or
     ``synthetic.json`` is missing or the recorded settings differ from ``DATA.SYNTHETIC`` (so that a
-    changed knob takes effect). Under DDP call it on rank 0, then synchronise.
+    changed knob takes effect); writes only the lists when the clips are there but not the lists of
+    ``DATA.SYNTHETIC.FOLD``. Under DDP call it on rank 0, then synchronise.
 
     Args:
         config: the run's config; ``DATA.TRAIN_FILE`` (unless empty), ``DATA.VAL_FILE`` and
-            ``DATA.LABEL_LIST`` must name ``train.txt``, ``test.txt`` and ``labels.csv`` in ``DATA.ROOT``.
+            ``DATA.LABEL_LIST`` must name the fold's lists (``train.txt``, ``test.txt`` for fold 0)
+            and ``labels.csv`` in ``DATA.ROOT``.
 
     Returns:
         bool: True when files were (re)written.
@@ -443,8 +487,11 @@ def ensure_synthetic_dataset(config):
         raise ConfigError("DATA.ROOT = '': name the folder for the synthetic dataset (DATA.SYNTHETIC)")
     _check_config_points_at(config, root)
     validate_synthetic_settings(synthetic)
-    complete = all(os.path.isfile(os.path.join(root, FILES[key])) for key in ('train', 'test', 'labels'))
-    if complete and _read_settings_record(root) == drawing_settings(synthetic):
-        return False
+    labels_present = os.path.isfile(os.path.join(root, FILES['labels']))
+    if labels_present and _read_settings_record(root) == drawing_settings(synthetic):
+        if all(os.path.isfile(os.path.join(root, name)) for name in list_names(synthetic).values()):
+            return False
+        write_lists(root, synthetic)  # the clips are there: only this fold's lists are new
+        return True
     generate_synthetic_dataset(root, synthetic)
     return True

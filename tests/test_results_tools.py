@@ -1,4 +1,4 @@
-"""The fold runner (dry run), the results table from output folders, and the shipped benchmark configs."""
+"""The fold runner (dry run), the results table from fold folders, and the shipped benchmark configs."""
 import argparse
 import json
 import os
@@ -31,9 +31,13 @@ def write_run(folder, best, last=None, finished=True):
 
 
 EXPECTED_TABLE = """\
-### DFEW
+| Fold | Runs | UAR | WAR | Published UAR | Published WAR | Δ UAR | Δ WAR |
+|:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
+| 1 | 1/1 | 63.33 | 75.50 | 63.29 | 76.21 | +0.04 | -0.71 |
+| 2 | 1/1 | 47.14 | 60.25 | 63.01 | 73.22 | -15.87 | -12.97 |
+| Avg | 2/2 | 55.24 | 67.88 | 63.15 | 74.72 | -7.91 | -6.84 |
 
-Per-class recall, UAR and WAR in percent; global head, best epoch of each fold.
+Per-class recall, UAR and WAR in percent, means over seeds:
 
 | Fold | Happy | Sad | Neutral | Angry | Surprise | Disgust | Fear | UAR | WAR |
 |:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
@@ -50,18 +54,23 @@ def test_summarize_builds_the_published_table(tmp_path):
     out_dir = tmp_path / 'log'
     markdown_path, csv_path = summarize.main([str(tmp_path / 'fold1'), str(tmp_path / 'fold2'),
                                               '--out-dir', str(out_dir)])
-    assert open(markdown_path).read() == EXPECTED_TABLE
+    markdown = open(markdown_path).read()
+    assert markdown.startswith('### DFEW\n') and markdown.endswith(EXPECTED_TABLE)
     rows = open(csv_path).read().splitlines()
-    assert rows[0] == 'fold,' + ','.join(CLASS_NAMES) + ',UAR,WAR'
-    assert rows[3] == 'Avg,85.00,75.00,65.00,55.00,45.00,20.00,20.00,55.24,67.88'
+    assert rows[0].endswith(',' + ','.join(CLASS_NAMES))
+    assert rows[3].startswith('Avg,2,2,55.24,,67.88,,63.15,74.72,-7.91,-6.84,85.00,75.00')
     summarize.main([str(tmp_path / 'fold2'), '--which', 'last', '--out-dir', str(out_dir)])
     assert '| 2 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 1.00 | 2.00 |' in open(markdown_path).read()
 
 
 def test_summarize_names_an_unfinished_folder(tmp_path):
     write_run(tmp_path / 'fold7', heads_with([1.] * 7, 1., 1.), finished=False)
-    with pytest.raises(ValueError, match='fold7: no finished run'):
-        summarize.write_results([str(tmp_path / 'fold7')], str(tmp_path / 'log'))
+    with pytest.raises(ValueError, match='no finished run'):
+        summarize.main([str(tmp_path / 'fold7'), '--out-dir', str(tmp_path / 'log')])
+    write_run(tmp_path / 'fold6', heads_with([1.] * 7, 1., 1.))
+    markdown_path, _ = summarize.main([str(tmp_path / 'fold6'), str(tmp_path / 'fold7'),
+                                       '--out-dir', str(tmp_path / 'log')])
+    assert f'fold 7 (`{tmp_path / "fold7"}`)' in open(markdown_path).read()
 
 
 def test_run_folds_dry_run_prints_what_it_would_run(tmp_path, capsys):
@@ -72,16 +81,17 @@ def test_run_folds_dry_run_prints_what_it_would_run(tmp_path, capsys):
     write_run(output_root / 'dfew' / 'fold1', heads_with([1.] * 7, 1., 1.))
     (output_root / 'dfew' / 'fold2').mkdir(parents=True)
     (output_root / 'dfew' / 'fold2' / 'last.pth').write_bytes(b'')
-    plan = run_folds.main(['--dataset', 'dfew', '--gpus', '2', '--config-dir', str(config_dir),
-                           '--output-root', str(output_root), '--dry-run', '--opts', 'TRAIN.EPOCHS', '3'])
-    assert {fold: status for fold, (status, _) in plan.items()} == {1: 'finished', 2: 'resume', 3: 'start'}
+    statuses = run_folds.main(['--dataset', 'dfew', '--gpus', '2', '--config-dir', str(config_dir),
+                               '--output-root', str(output_root), '--dry-run', '--opts', 'TRAIN.EPOCHS', '3'])
+    assert {run.fold: status for run, status in statuses.items()} == {'1': 'finished', '2': 'resume', '3': 'start'}
+    assert {run.seed for run in statuses} == {None}  # without --seeds: the config's seed, in fold<k>
     printed = capsys.readouterr().out.splitlines()
     commands = [line for line in printed if not line.startswith('#')]
     assert len(commands) == 2  # the finished fold is skipped
     for fold, command in zip((2, 3), commands):
         assert '--nproc_per_node=2 main.py' in command
         assert f'--config {config_dir / f"fold{fold}.yaml"}' in command
-        assert f'--output {output_root / "dfew" / f"fold{fold}"}' in command
+        assert f'--output {output_root / "dfew" / f"fold{fold}"} ' in command
         assert command.endswith('--opts TRAIN.AUTO_RESUME True TRAIN.EPOCHS 3')
     assert not any(line.startswith('written:') for line in printed)  # a dry run writes no table
 
