@@ -4,10 +4,11 @@ The same command runs on the CPU, on one GPU, or under torchrun on several GPUs 
 
     torchrun --nproc_per_node=2 main.py --config configs/dfew/fold1.yaml --pretrained ViT-B-16.pt
 
-After every epoch the test list (and the validation split, with ``DATA.VAL_FRACTION``) is evaluated;
-the best epoch by ``TEST.BEST_METRIC`` of the global head and the last epoch are reported. Outputs in
-``OUTPUT``: ``config.yaml``, ``log_rank0.txt``, ``metrics.jsonl``, TensorBoard events, ``last.pth``,
-``best.pth``, ``confusion_matrix.png``; the last lines printed are ``RESULT head=... UAR=... WAR=...``.
+The run, top to bottom: config and logs, data, model, optimizer and objective, an optional resume,
+the epoch loop (``utils.engine.fit``: train, evaluate the test list and the validation split, keep
+the best epoch, save), then the final report. Outputs in ``OUTPUT``: ``config.yaml``,
+``log_rank0.txt``, ``metrics.jsonl``, TensorBoard events, ``last.pth``, ``best.pth``,
+``confusion_matrix.png``; the last lines printed are ``RESULT head=... UAR=... WAR=...``.
 """
 import argparse
 import logging
@@ -19,22 +20,23 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-import models
 from datasets import build_blender, build_dataloaders
+from models.builder import build_model_for_run, class_prompt_tokens
+from models.loss import build_criterion
 from utils import distributed
-from utils.checkpoint import (BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model_weights,
-                              restore_training_state, save_checkpoint, training_state)
+from utils.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model_weights, \
+    restore_training_state
 from utils.config import add_config_arguments, load_config, validate_config
-from utils.engine import (Trainer, build_grad_scaler, build_model_for_run, class_prompt_tokens, evaluate,
-                          evaluate_and_report, resolve_amp_dtype, train_one_epoch)
-from utils.logger import close_logging, setup_logging
+from utils.engine import Trainer, build_grad_scaler, evaluate_and_log, evaluate_splits, fit, log_evaluation, \
+    record_evaluation, resolve_amp_dtype
+from utils.errors import UserError, run_command
+from utils.logger import close_logging, log_traceback_to_file, setup_logging
 from utils.optimizer import build_optimizer, build_scheduler
-from utils.plots import plot_confusion_matrix, save_evaluation_plots
-from utils.reporting import append_record, is_better, per_class_table, result_lines
+from utils.plots import save_evaluation_plots
+from utils.reporting import append_record, drop_records_from
 
 logger = logging.getLogger(__name__)
 
-CONFUSION_MATRIX_FILE = 'confusion_matrix.png'
 # Prefix of the pictures of the best epoch's test figures written at the end of a run.
 BEST_TEST_PICTURES = 'best_test'
 
@@ -79,11 +81,10 @@ def checkpoint_to_resume(config):
     return ''
 
 
-def build_trainer(config, context, model, train_loader):
+def build_trainer(config, context, model, train_loader, text_tokens, class_names):
     """Optimizer, schedule, scaler, objective, blender and the DDP wrapper around ``model``."""
     optimizer = build_optimizer(config, model)  # also freezes what must not train (before DDP sees it)
-    updates_per_epoch = math.ceil(len(train_loader) / config.TRAIN.ACCUMULATION_STEPS)
-    scheduler = build_scheduler(config, optimizer, updates_per_epoch)
+    scheduler = build_scheduler(config, optimizer, updates_per_epoch(config, train_loader))
     amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, context.device)
     if context.world_size > 1:
         device_ids = [context.device.index] if context.device.type == 'cuda' else None
@@ -92,109 +93,29 @@ def build_trainer(config, context, model, train_loader):
     if context.is_main:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where events are written
         writer = SummaryWriter(log_dir=config.OUTPUT)
-    text_tokens, _ = class_prompt_tokens(config, context.device)
-    return Trainer(config=config, model=model, criterion=models.build_criterion(config), optimizer=optimizer,
+    return Trainer(config=config, model=model, criterion=build_criterion(config), optimizer=optimizer,
                    scheduler=scheduler, scaler=build_grad_scaler(context.device, amp_dtype),
-                   text_tokens=text_tokens, device=context.device, amp_dtype=amp_dtype,
-                   blender=build_blender(config), writer=writer)
+                   text_tokens=text_tokens, class_names=class_names, device=context.device,
+                   amp_dtype=amp_dtype, blender=build_blender(config), writer=writer)
 
 
-def evaluate_splits(trainer, test_loader, val_loader=None, shuffled=False):
-    """Evaluate the test list and, if given, the validation split: ``{split: Evaluation}``."""
-    splits = {'test': test_loader, 'val': val_loader}
-    return {split: evaluate(trainer.model, loader, trainer.text_tokens, trainer.config, trainer.device,
-                            trainer.amp_dtype, shuffled=shuffled)
-            for split, loader in splits.items() if loader is not None}
+def updates_per_epoch(config, train_loader):
+    """Optimizer updates per epoch (a trailing partial accumulation window also updates)."""
+    return math.ceil(len(train_loader) / config.TRAIN.ACCUMULATION_STEPS)
 
 
-def record_evaluation(config, writer, epoch, split, evaluation, class_names):
-    """Log one evaluation, append it to metrics.jsonl and write its TensorBoard scalars (rank 0)."""
-    summary = ' | '.join(f'{head} UAR {report["UAR"]:.2f} WAR {report["WAR"]:.2f}'
-                         for head, report in evaluation.heads.items())
-    logger.info('Epoch %d %s (%d videos): %s', epoch, split, len(evaluation.labels), summary)
-    if not distributed.is_main_process():
-        return
-    append_record(config.OUTPUT, {'type': 'eval', 'epoch': epoch, 'split': split,
-                                  'num_videos': len(evaluation.labels), 'class_names': class_names,
-                                  'heads': evaluation.heads})
-    if writer is not None:
-        for head, report in evaluation.heads.items():
-            for metric in ('UAR', 'WAR'):
-                writer.add_scalar(f'{split}/{head}/{metric}', report[metric], epoch)
+def resume_training(trainer, checkpoint, path, train_loader):
+    """Restore the checkpoint's training state; returns (start epoch, results so far).
 
-
-def update_results(results, epoch, evaluations, config):
-    """Record the epoch as the last one and, if it beats the best so far, as the best. Returns True then.
-
-    The best epoch is chosen on the validation split when there is one, else on the test list (as
-    published); the figures reported for it are always the test list's.
+    Records of the epochs that will be trained again are dropped from metrics.jsonl, so that a
+    resumed run's file reads like an uninterrupted one's.
     """
-    split = 'val' if 'val' in evaluations else 'test'
-    metric = config.TEST.BEST_METRIC
-    selection = evaluations[split].heads['global']
-    record = {'epoch': epoch, 'heads': evaluations['test'].heads,
-              'selection': {'split': split, 'metric': metric, 'value': selection[metric]}}
-    results['last'] = record
-    best = results.get('best')
-    if is_better(selection, best and {metric: best['selection']['value']}, metric):
-        results['best'] = record
-        return True
-    return False
-
-
-def save_epoch(trainer, epoch, results, improved, class_names):
-    """Write last.pth (every SAVE_FREQ epochs and after the final one), best.pth and the best epoch's
-    confusion matrix."""
-    config = trainer.config
-    completed = epoch + 1
-    save_last = completed % config.SAVE_FREQ == 0 or completed == config.TRAIN.EPOCHS
-    if not (save_last or improved):
-        return
-    state = training_state(trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler, completed,
-                           trainer.num_updates, results, config)
-    if save_last:
-        save_checkpoint(state, os.path.join(config.OUTPUT, LAST_CHECKPOINT))
-    if improved:
-        save_checkpoint(state, os.path.join(config.OUTPUT, BEST_CHECKPOINT))
-        if distributed.is_main_process():
-            plot_confusion_matrix(results['best']['heads']['global']['confusion_matrix'], class_names,
-                                  os.path.join(config.OUTPUT, CONFUSION_MATRIX_FILE),
-                                  f'global head, best epoch {epoch}')
-
-
-def start_loader_epoch(loader, epoch, seed):
-    """Make the epoch's shuffling a function of (seed, epoch), so that a resumed run repeats it."""
-    if hasattr(loader.sampler, 'set_epoch'):
-        loader.sampler.set_epoch(epoch)
-    if loader.generator is not None:  # drives RandomSampler's order and the workers' seeds
-        loader.generator.manual_seed(seed + 1_000_003 * epoch)
-
-
-def record_training(config, writer, epoch, losses):
-    """Append the epoch's mean losses to metrics.jsonl and TensorBoard (rank 0)."""
+    start_epoch, trainer.num_updates, results = restore_training_state(
+        checkpoint, path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler,
+        updates_per_epoch(trainer.config, train_loader))
     if distributed.is_main_process():
-        append_record(config.OUTPUT, {'type': 'train', 'epoch': epoch, 'losses': losses})
-    if writer is not None:
-        for name, value in losses.items():
-            writer.add_scalar(f'epoch/{name}', value, epoch)
-
-
-def train(trainer, loaders, start_epoch, results, class_names):
-    """The epoch loop: train, evaluate, select, save."""
-    config = trainer.config
-    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
-        start_loader_epoch(loaders.train, epoch, config.SEED + distributed.get_rank())
-        losses = train_one_epoch(trainer, loaders.train, epoch)
-        record_training(config, trainer.writer, epoch, losses)
-        evaluations = evaluate_splits(trainer, loaders.test, loaders.val)
-        for split, evaluation in evaluations.items():
-            record_evaluation(config, trainer.writer, epoch, split, evaluation, class_names)
-        improved = update_results(results, epoch, evaluations, config)
-        best = results['best']
-        logger.info('best so far: epoch %d (%s %s of the global head %.2f)', best['epoch'],
-                    best['selection']['split'], best['selection']['metric'], best['selection']['value'])
-        save_epoch(trainer, epoch, results, improved, class_names)
-    return results
+        drop_records_from(trainer.config.OUTPUT, start_epoch)
+    return start_epoch, {'best': results.get('best'), 'last': results.get('last')}
 
 
 def shuffled_check(trainer, test_loader):
@@ -206,18 +127,16 @@ def shuffled_check(trainer, test_loader):
 
 
 def report_final(config, results, class_names, shuffled_heads=None):
-    """Log the best and last epochs, print the RESULT lines and write the ``final`` record."""
+    """Log the last, shuffled and best figures (RESULT lines last) and write the ``final`` record."""
     best, last = results['best'], results['last']
-    logger.info('best epoch %d, chosen by %s %s of the global head; test figures:\n%s', best['epoch'],
-                best['selection']['split'], best['selection']['metric'],
-                per_class_table(best['heads'], class_names))
-    logger.info('last epoch %d, test figures:\n%s', last['epoch'], per_class_table(last['heads'], class_names))
-    lines = result_lines(last['heads'], prefix='LAST', suffix=f' epoch={last["epoch"]}')
+    log_evaluation(last['heads'], class_names, f'last epoch {last["epoch"]}, test figures', prefix='LAST',
+                   suffix=f' epoch={last["epoch"]}')
     if shuffled_heads:
-        lines += result_lines(shuffled_heads, prefix='SHUFFLED', suffix=f' epoch={best["epoch"]}')
-    lines += result_lines(best['heads'], suffix=f' epoch={best["epoch"]}')
-    for line in lines:
-        logger.info(line)
+        log_evaluation(shuffled_heads, class_names, f'best epoch {best["epoch"]}, frames shuffled',
+                       prefix='SHUFFLED', suffix=f' epoch={best["epoch"]}')
+    log_evaluation(best['heads'], class_names, f'best epoch {best["epoch"]}, chosen by '
+                   f'{best["selection"]["split"]} {best["selection"]["metric"]} of the global head; test figures',
+                   suffix=f' epoch={best["epoch"]}')
     if distributed.is_main_process():
         append_record(config.OUTPUT, {'type': 'final', 'dataset': config.DATA.DATASET, 'class_names': class_names,
                                       'best': best, 'last': last, 'shuffled': shuffled_heads})
@@ -225,13 +144,11 @@ def report_final(config, results, class_names, shuffled_heads=None):
                               f'best epoch {best["epoch"]}')
 
 
-def evaluate_checkpoint(config, context, model, checkpoint, path, test_loader):
-    """The ``--only_test`` run: load the checkpoint's weights (if any), evaluate and report the test list."""
+def evaluate_checkpoint(config, context, model, checkpoint, text_tokens, class_names, test_loader):
+    """The ``--only_test`` run: evaluate the (loaded) model on the test list and report it."""
     if checkpoint is None:
         logger.warning('--only_test without a checkpoint (MODEL.RESUME): evaluating the freshly built model')
-    else:
-        load_model_weights(model, checkpoint, path)
-    evaluation, class_names = evaluate_and_report(model, test_loader, config, context.device)
+    evaluation = evaluate_and_log(model, test_loader, text_tokens, class_names, config, context.device)
     epoch = checkpoint['epoch'] - 1 if checkpoint else -1
     record_evaluation(config, None, epoch, 'test', evaluation, class_names)
     return evaluation
@@ -245,15 +162,18 @@ def run(config, context):
     resume_path = checkpoint_to_resume(config)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     model = build_model_for_run(config, context.device, checkpoint)
+    text_tokens, class_names = class_prompt_tokens(config, context.device)
     if config.TEST.ONLY_TEST:
-        return {'evaluation': evaluate_checkpoint(config, context, model, checkpoint, resume_path, loaders.test)}
-    _, class_names = class_prompt_tokens(config, context.device)
-    trainer = build_trainer(config, context, model, loaders.train)
+        if checkpoint is not None:
+            load_model_weights(model, checkpoint, resume_path)
+        evaluation = evaluate_checkpoint(config, context, model, checkpoint, text_tokens, class_names,
+                                         loaders.test)
+        return {'evaluation': evaluation}
+    trainer = build_trainer(config, context, model, loaders.train, text_tokens, class_names)
     start_epoch, results = 0, {'best': None, 'last': None}
     if checkpoint is not None:
-        start_epoch, trainer.num_updates, results = restore_training_state(
-            checkpoint, resume_path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler)
-    results = train(trainer, loaders, start_epoch, results, class_names)
+        start_epoch, results = resume_training(trainer, checkpoint, resume_path, loaders.train)
+    results = fit(trainer, loaders, start_epoch, results)
     shuffled_heads = shuffled_check(trainer, loaders.test) if config.TEST.REPORT_SHUFFLED else None
     report_final(config, results, class_names, shuffled_heads)
     if trainer.writer is not None:
@@ -262,16 +182,23 @@ def run(config, context):
 
 
 def main(argv=None):
-    """Command-line entry point (importable: ``main(['--config', ...])``); returns the results."""
+    """Command-line entry point (importable: ``main(['--config', ...])``); returns the results.
+
+    A user error (:class:`utils.errors.UserError`) keeps its traceback in the log file and is raised
+    on; ``python main.py`` prints it as one line (:func:`utils.errors.run_command`).
+    """
     args = parse_args(argv)
     config = load_config(args)
     context = distributed.init_distributed()
     try:
         return run(config, context)
+    except UserError as error:
+        log_traceback_to_file(f'stopped by a user error: {error}', error)
+        raise
     finally:
         close_logging()
         distributed.cleanup_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

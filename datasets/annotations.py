@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from datasets.decoding import count_frames
+from utils.errors import InputFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ MIN_VIDEO_FRAMES = 3
 LINE_FORMATS = "'<path> <num_frames> <label>' or '<path> <label>'"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed annotation list; the message names the list file and line."""
 
 
@@ -102,12 +103,12 @@ def read_annotation_list(list_file, root, num_classes):
         ``drop_short_videos``).
 
     Raises:
-        FileNotFoundError: the list does not exist.
+        InputFileError: the list does not exist.
         AnnotationError: a malformed line or a label out of range (naming ``file:line``), or a list
             without any video.
     """
     if not os.path.isfile(list_file):
-        raise FileNotFoundError(f'annotation list not found: {list_file}')
+        raise InputFileError(f'annotation list not found: {list_file}')
     entries = []
     with open(list_file, encoding='utf-8') as f:
         for line_number, text in enumerate(f, start=1):

@@ -13,6 +13,7 @@ from datasets.decoding import VideoReadError, find_missing_files
 from datasets.samplers import ExactSplitSampler
 from datasets.transforms import build_test_transform, build_train_transform
 from datasets.video_dataset import VideoDataset, collate_clips
+from utils.config import ConfigError, eval_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def split_validation(entries, fraction, seed):
         order = torch.randperm(len(positions), generator=generator).tolist()
         held_out.update(positions[i] for i in order[:round(fraction * len(positions))])
     if not held_out:
-        raise ValueError(f'DATA.VAL_FRACTION = {fraction} holds out no video of a list of '
+        raise ConfigError(f'DATA.VAL_FRACTION = {fraction} holds out no video of a list of '
                          f'{len(entries)}: raise it or set it to 0')
     return ([entry for i, entry in enumerate(entries) if i not in held_out],
             [entry for i, entry in enumerate(entries) if i in held_out])
@@ -112,10 +113,10 @@ def check_files(entries):
                              f'or empty:\n{listed}{more}')
 
 
-def _loader_options(config, rank):
+def _loader_options(config, rank, persistent_workers):
     workers = config.DATA.NUM_WORKERS
     return dict(num_workers=workers, collate_fn=collate_clips, pin_memory=torch.cuda.is_available(),
-                persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                persistent_workers=persistent_workers and workers > 0, worker_init_fn=seed_worker,
                 generator=torch.Generator().manual_seed(config.SEED + rank))
 
 
@@ -126,18 +127,22 @@ def _training_loader(dataset, config, rank, world_size):
                                      seed=config.SEED)
     per_process = len(sampler) if sampler is not None else len(dataset)
     if per_process < config.TRAIN.BATCH_SIZE:
-        raise ValueError(f'{config.DATA.TRAIN_FILE}: {per_process} training videos per process are '
+        raise ConfigError(f'{config.DATA.TRAIN_FILE}: {per_process} training videos per process are '
                          f'fewer than TRAIN.BATCH_SIZE = {config.TRAIN.BATCH_SIZE} (the last partial '
                          f'batch is dropped, so an epoch would be empty)')
     return VideoDataLoader(dataset, batch_size=config.TRAIN.BATCH_SIZE, sampler=sampler,
-                           shuffle=sampler is None, drop_last=True, **_loader_options(config, rank))
+                           shuffle=sampler is None, drop_last=True,
+                           # New workers each epoch: their random streams are seeded from the
+                           # loader's generator, which the engine re-seeds with (SEED, epoch), so a
+                           # resumed run draws the same augmentations (docs/data.md, 'Reproducibility').
+                           **_loader_options(config, rank, persistent_workers=False))
 
 
 def _evaluation_loader(dataset, config, rank, world_size):
     sampler = ExactSplitSampler(len(dataset), rank, world_size)
-    batch_size = config.TEST.BATCH_SIZE or config.TRAIN.BATCH_SIZE
+    batch_size = eval_batch_size(config)
     return VideoDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
-                           **_loader_options(config, rank))
+                           **_loader_options(config, rank, persistent_workers=True))
 
 
 def _dataset(entries, config, train):

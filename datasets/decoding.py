@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
+from utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # torchvision 0.29 announces that TorchCodec will take over its image decoders; they are still the
@@ -25,7 +27,7 @@ FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 JPEG_EXTENSIONS = ('.jpg', '.jpeg')
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video of a list cannot be read; the message names the file and the list line."""
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from datasets.decoding import count_frames
+from utils.errors import USER_ERROR_EXIT_STATUS, UserError
 from utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.flv', '.mpg', '.m
 MAX_LISTED_MISSING = 10
 
 
-class PreparationError(ValueError):
+class PreparationError(UserError, ValueError):
     """The dataset on disk does not match what the script expects; the message says where."""
 
 
@@ -170,7 +171,7 @@ def prepare_lists(split_files, args, clip_and_label, num_classes):
             raise missing_clips_error(missing, os.path.join(args.root, args.clips_dir))
     except PreparationError as error:
         print(f'error: {error}', file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT_STATUS
     if missing:
         print(f'left out {len(missing)} clips that are not on disk (--skip-missing)')
     write_lists(lists, args.output, num_classes)

@@ -1,4 +1,4 @@
-"""Segment-based frame sampling (data.md): T segments, one frame from each.
+"""Segment-based frame sampling (docs/data.md, section 6): T segments, one frame from each.
 
 Random draws use torch's generator, which the data-loader workers seed (see ``build.seed_worker``).
 """

@@ -23,7 +23,9 @@ from datasets import build_dataloaders
 from utils import distributed
 from utils.checkpoint import load_checkpoint, load_model_weights
 from utils.config import config_for_checkpoint, validate_config
-from utils.engine import build_model_for_run, evaluate_and_report
+from models.builder import build_model_for_run, class_prompt_tokens
+from utils.engine import evaluate_and_log
+from utils.errors import run_command
 from utils.files import write_json
 from utils.logger import close_logging, setup_logging
 from utils.plots import save_evaluation_plots
@@ -73,7 +75,8 @@ def main(argv=None):
         loaders = build_dataloaders(config, context.rank, context.world_size)
         model = build_model_for_run(config, context.device, checkpoint)
         load_model_weights(model, checkpoint, args.checkpoint)
-        evaluation, class_names = evaluate_and_report(model, loaders.test, config, context.device)
+        text_tokens, class_names = class_prompt_tokens(config, context.device)
+        evaluation = evaluate_and_log(model, loaders.test, text_tokens, class_names, config, context.device)
         if context.is_main:
             json_path = args.json or os.path.splitext(args.checkpoint)[0] + '.eval.json'
             write_results(json_path, args, config, checkpoint, evaluation, class_names)
@@ -84,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

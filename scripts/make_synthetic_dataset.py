@@ -16,6 +16,7 @@ import sys
 
 from datasets.synthetic import CLASSES, FILES, generate_synthetic_dataset
 from utils.config import ConfigError, get_default_config, merge_config_file, merge_opts
+from utils.errors import USER_ERROR_EXIT_STATUS, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def main(argv=None):
         counts = generate_synthetic_dataset(args.root, config.DATA.SYNTHETIC)
     except (ConfigError, OSError) as error:
         print(f'error: {error}', file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT_STATUS
     print(f"wrote {counts['train']} training and {counts['test']} test clips to {args.root}; use them "
           f"with\n  DATA.ROOT {args.root} DATA.TRAIN_FILE {args.root}/{FILES['train']} "
           f"DATA.VAL_FILE {args.root}/{FILES['test']} DATA.LABEL_LIST {args.root}/{FILES['labels']} "
@@ -52,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command(main))

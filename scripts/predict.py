@@ -9,7 +9,7 @@ of ``DATA.NUM_FRAMES`` frames, as ``scripts/eval.py`` reads them.
 For each video the script prints, and ``--json`` writes:
 
 - the top-k classes of the global, local and fused heads. A head's probabilities are its softmax
-  averaged over the test views (model.md section 9); the fused probabilities are the global plus the
+  averaged over the test views (docs/model.md, section 16); the fused probabilities are the global plus the
   local ones, renormalised to sum to 1 (the ranking is that of the fused score the evaluation uses).
 - the snippet relevance weights r (summing to 1 over the S snippets) and which snippets were erased
   (r below ``MODEL.ERASE_THRESHOLD``), for the FIRST test view (temporal clip 1, crop 1): the view
@@ -35,15 +35,17 @@ import sys
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import (AnnotationEntry, AnnotationError, VideoDataset, VideoReadError, normalize_videos,
+from datasets import (AnnotationEntry, AnnotationError, VideoDataset, VideoReadError,
                       read_annotation_list)
 from datasets.decoding import count_frames
 from datasets.sampling import test_frame_indices
 from datasets.transforms import build_test_transform
 from utils.checkpoint import load_checkpoint, load_model_weights
-from utils.config import ConfigError, config_for_checkpoint, validate_config
+from utils.config import ConfigError, config_for_checkpoint, eval_batch_size, validate_config
+from utils.errors import run_command
 from utils.files import write_json
-from utils.engine import autocast, build_model_for_run, class_prompt_tokens, resolve_amp_dtype
+from models.builder import build_model_for_run, class_prompt_tokens
+from utils.engine import autocast, normalize_videos, resolve_amp_dtype
 from utils.logger import close_logging, setup_logging
 from utils.metrics import head_scores
 from utils.plots import plot_prediction
@@ -147,7 +149,7 @@ class PredictionClips(Dataset):
 
 def build_prediction_loader(entries, config, batch_size):
     """Batches (lists of :class:`PredictionClips` items) of the entries, in order."""
-    batch_size = batch_size or config.TEST.BATCH_SIZE or config.TRAIN.BATCH_SIZE
+    batch_size = batch_size or eval_batch_size(config)
     return DataLoader(PredictionClips(entries, config), batch_size=batch_size, shuffle=False,
                       num_workers=config.DATA.NUM_WORKERS, collate_fn=list)
 
@@ -175,7 +177,7 @@ def predict_batch(model, videos, text_tokens, config, device, amp_dtype=None):
     num_videos, num_views = videos.shape[:2]
     videos = normalize_videos(videos.flatten(0, 1).to(device, non_blocking=True), config)  # [B * V, T, 3, H, W]
     with autocast(device, amp_dtype):
-        details = model.forward_details(videos, text_tokens)
+        details = model(videos, text_tokens, return_details=True)
     scores = head_scores(details['logits_global'], details['logits_local'], num_views)  # sums over views
     # global and local: view sums of softmax, divided by V; fused: their sum, renormalised to 1
     probabilities = {head: value / value.sum(dim=-1, keepdim=True) for head, value in scores.items()}
@@ -312,4 +314,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -23,6 +23,7 @@ import os
 import sys
 
 from datasets.preparation import class_index, label_class, parse_preparation_arguments, prepare_lists
+from utils.errors import run_command
 
 # DFEW's official labels 1..7, by name.
 DFEW_LABELS = ('happy', 'sad', 'neutral', 'angry', 'surprise', 'disgust', 'fear')
@@ -52,4 +53,4 @@ def main(argv=None):
     return prepare_lists(split_files(args), args, clip_and_label, NUM_CLASSES)
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -27,6 +27,7 @@ import sys
 
 from datasets.preparation import (canonical_class, class_index, label_class, parse_preparation_arguments,
                                   prepare_lists)
+from utils.errors import run_command
 
 NUM_CLASSES = 7
 SPLIT_FILES = {'train': 'train_All.csv', 'test': 'test_All.csv'}
@@ -84,4 +85,4 @@ def main(argv=None):
     return prepare_lists(split_files, args, FervLabels(args.numeric_names, args.first_label), NUM_CLASSES)
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command(main))

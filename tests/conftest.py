@@ -2,8 +2,10 @@
 
 Shared by every area's tests; add fixtures here with small edits (other test files depend on these).
 """
+import numpy as np
 import pytest
 import torch
+from yacs.config import CfgNode
 
 import clip
 from utils.config import get_default_config
@@ -48,6 +50,22 @@ def tiny_config(**overrides):
         node[leaf] = value
     config.freeze()
     return config
+
+
+def write_release_checkpoint(path, model_state, epoch, config, optimizer_state=None, scheduler_state=None):
+    """A checkpoint file as the official release writes it: ``{model, optimizer, lr_scheduler,
+    max_accuracy, epoch, config}`` with ``epoch`` the 0-based epoch just finished, ``config`` a pickled
+    yacs ``CfgNode`` (here with one key this project lacks) and a NumPy best accuracy."""
+    release_config = CfgNode(yaml_safe(config))
+    release_config.MODEL.RELEASE_ONLY_OPTION = True
+    release_config.freeze()
+    torch.save({'model': model_state, 'optimizer': optimizer_state, 'lr_scheduler': scheduler_state,
+                'max_accuracy': np.float64(42.5), 'epoch': epoch, 'config': release_config}, path)
+
+
+def yaml_safe(config):
+    """``config`` as nested plain dicts."""
+    return {key: yaml_safe(value) if isinstance(value, CfgNode) else value for key, value in config.items()}
 
 
 @pytest.fixture

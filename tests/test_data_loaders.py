@@ -15,6 +15,7 @@ from datasets.build import split_validation
 from datasets.decoding import VideoReadError
 from datasets.samplers import ExactSplitSampler
 from datasets.synthetic import generate_synthetic_dataset
+from utils.engine import start_loader_epoch
 
 NUM_CLASSES = 7
 
@@ -110,10 +111,23 @@ def test_loader_settings(dataset_roots):
     config = loader_config(dataset_roots['frames'], DATA__NUM_WORKERS=1)
     loaders = build_dataloaders(config)
     for loader in (loaders.train, loaders.test):
-        assert loader.persistent_workers and loader.num_workers == 1
-        assert loader.pin_memory == torch.cuda.is_available()
+        assert loader.num_workers == 1 and loader.pin_memory == torch.cuda.is_available()
     assert loaders.train.drop_last and not loaders.test.drop_last
-    assert not build_dataloaders(loader_config(dataset_roots['frames'])).train.persistent_workers
+
+
+def test_an_epochs_batches_depend_only_on_seed_and_epoch_as_a_resumed_run_needs(dataset_roots):
+    # A resumed run builds new loaders and starts at epoch 1: it must see what the running one saw.
+    config = loader_config(dataset_roots['frames'], DATA__NUM_WORKERS=1, AUG__COLOR_JITTER=0.8)
+
+    def epoch_batches(loader, epoch):
+        start_loader_epoch(loader, epoch, config.SEED)
+        return [batch['videos'] for batch in loader]
+
+    running = build_dataloaders(config).train
+    epoch_batches(running, 0)
+    continued = epoch_batches(running, 1)
+    resumed = epoch_batches(build_dataloaders(config).train, 1)
+    assert all(torch.equal(a, b) for a, b in zip(continued, resumed, strict=True))
 
 
 def test_workers_are_seeded_by_seed_and_rank(dataset_roots):

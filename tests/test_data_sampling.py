@@ -1,4 +1,4 @@
-"""Frame sampling against data.md's rules, written out independently in the tests."""
+"""Frame sampling against the rules of docs/data.md (section 6), written out independently in the tests."""
 import pytest
 import torch
 
@@ -8,14 +8,14 @@ T = 16
 
 
 def reference_test_indices(n, t, views):
-    """data.md, literally: avg = n / T; view v at int(i * avg + avg * (v + 0.5) / V), modulo n."""
+    """docs/data.md, section 6, literally: avg = n / T; view v at int(i * avg + avg * (v + 0.5) / V), modulo n."""
     average = n / t
     return [[int(i * average + average * (v + 0.5) / views) % n for i in range(t)] for v in range(views)]
 
 
 @pytest.mark.parametrize('n', [5, 16, 17, 24, 31, 32, 100, 1000])
 def test_single_view_test_indices_are_int_of_segment_middles(n):
-    expected = [int(i * (n / T) + (n / T) / 2) for i in range(T)]  # the one-view formula of data.md
+    expected = [int(i * (n / T) + (n / T) / 2) for i in range(T)]  # the one-view formula of docs/data.md
     assert sampling.test_frame_indices(n, T, 1).tolist() == [expected]
 
 

@@ -4,11 +4,11 @@ import logging
 import pytest
 import torch
 
-import models
 from conftest import tiny_clip_state_dict, tiny_config
-from datasets import normalize_videos
-from utils.engine import (Trainer, build_grad_scaler, class_prompt_tokens, evaluate,
-                          resolve_amp_dtype, shuffle_frames, train_one_epoch)
+from models.builder import build_model, class_prompt_tokens
+from models.loss import build_criterion
+from utils.engine import (Trainer, build_grad_scaler, evaluate, normalize_videos, resolve_amp_dtype,
+                          shuffle_frames, train_one_epoch)
 from utils.optimizer import build_param_groups, build_scheduler
 
 CPU = torch.device('cpu')
@@ -32,11 +32,11 @@ def make_trainer(accumulation_steps, amp_dtype=None, criterion=None, **overrides
     settings = dict(TRAIN__ACCUMULATION_STEPS=accumulation_steps, TRAIN__WARMUP_EPOCHS=0, TRAIN__LR=0.05,
                     AUG__MIXUP=0.0, PRINT_FREQ=1)
     config = tiny_config(**{**settings, **overrides})
-    model = models.build_model(config, tiny_clip_state_dict(seed=3))
+    model = build_model(config, tiny_clip_state_dict(seed=3))
     optimizer = torch.optim.SGD(build_param_groups(model, config))
     scheduler = build_scheduler(config, optimizer, updates_per_epoch=4)
     text_tokens, _ = class_prompt_tokens(config, CPU)
-    return Trainer(config=config, model=model, criterion=criterion or models.build_criterion(config),
+    return Trainer(config=config, model=model, criterion=criterion or build_criterion(config),
                    optimizer=optimizer, scheduler=scheduler, scaler=build_grad_scaler(CPU, amp_dtype),
                    text_tokens=text_tokens, device=CPU, amp_dtype=amp_dtype)
 
@@ -77,7 +77,7 @@ def test_a_trailing_partial_accumulation_updates_with_its_own_mean():
 
 
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step():
-    real_criterion = models.build_criterion(tiny_config())
+    real_criterion = build_criterion(tiny_config())
     calls = []
 
     def criterion(logits_global, logits_local, targets, epoch):
@@ -115,7 +115,7 @@ def test_shuffle_frames_permutes_each_clip():
 
 def test_multi_view_evaluation_sums_the_views_of_each_video():
     config = tiny_config(TEST__NUM_CLIP=2)
-    model = models.build_model(config, tiny_clip_state_dict(seed=4)).eval()
+    model = build_model(config, tiny_clip_state_dict(seed=4)).eval()
     text_tokens, _ = class_prompt_tokens(config, CPU)
     generator = torch.Generator().manual_seed(5)
     loader = [random_batch(generator, 2, num_views=2), random_batch(generator, 1, num_views=2, start_index=2)]

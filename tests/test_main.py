@@ -1,6 +1,7 @@
 """main.py end to end on the synthetic dataset: outputs, resume, torchrun DDP, and scripts/eval.py."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 
 import main as main_module
-from conftest import tiny_config
+from conftest import tiny_config, write_release_checkpoint
 from datasets.synthetic import ensure_synthetic_dataset
 from scripts import eval as eval_script
 from utils.labels import REPOSITORY_ROOT
+from utils.checkpoint import load_checkpoint
+from utils.config import get_default_config, merge_config_file
 from utils.reporting import read_records
 
 
@@ -106,34 +109,73 @@ def test_eval_script_reproduces_the_runs_figures(trained_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_to_the_same_result(dataset_root, tmp_path, monkeypatch):
-    # Mixup, augmentation and two accumulation steps make every random stream matter.
-    config = run_config(dataset_root, str(tmp_path / 'unused'), AUG__MIXUP=0.8, TRAIN__EPOCHS=2)
+@pytest.mark.slow
+def test_the_release_checkpoint_files_evaluate_and_resume(trained_run, tmp_path, caplog):
+    ours = load_checkpoint(os.path.join(trained_run, 'best.pth'))
+    config_path = os.path.join(trained_run, 'config.yaml')
+    release = str(tmp_path / 'release_best.pth')
+    write_release_checkpoint(release, ours['model'], ours['epoch'] - 1,
+                             merge_config_file(get_default_config(), config_path))
+    final, = records(trained_run, 'final')
+
+    evaluation = eval_script.main(['--checkpoint', release, '--json', str(tmp_path / 'eval.json')])
+    assert evaluation.heads == final['best']['heads']
+    only_test = main_module.main(['--config', config_path, '--output', str(tmp_path / 'only_test'),
+                                  '--resume', release, '--only_test'])
+    assert only_test['evaluation'].heads == final['best']['heads']
+
+    continued = str(tmp_path / 'continued')
+    with caplog.at_level('WARNING'):
+        main_module.main(['--config', config_path, '--output', continued, '--resume', release,
+                          '--opts', 'TRAIN.EPOCHS', str(ours['epoch'] + 1)])
+    assert [record['epoch'] for record in records(continued, 'train')] == [ours['epoch']]  # the next epoch
+    assert 'official release file' in caplog.text and 'not restored' in caplog.text
+
+
+def run_main_process(config_path, output, *opts, kill_at=None):
+    """``python main.py`` in a new process; with ``kill_at``, SIGKILL it once a printed line contains
+    that text. Returns (return code, printed lines)."""
+    command = [sys.executable, 'main.py', '--config', config_path, '--output', output]
+    command += ['--opts', *opts] if opts else []
+    process = subprocess.Popen(command, cwd=REPOSITORY_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if kill_at is not None and kill_at in line:
+            process.send_signal(signal.SIGKILL)  # no clean-up of any kind, as when a job is killed
+            break
+    process.stdout.close()
+    return process.wait(timeout=300), lines
+
+
+def result_lines_of(lines):
+    return [line.split('] INFO ')[-1] for line in lines if 'RESULT head=' in line]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_in_a_new_process_to_the_same_result(dataset_root, tmp_path):
+    # Workers, mixup, FMix, colour jitter and two accumulation steps make every random stream matter.
+    config = run_config(dataset_root, '', AUG__MIXUP=0.8, AUG__COLOR_JITTER=0.8, DATA__NUM_WORKERS=2,
+                        TRAIN__EPOCHS=3, PRINT_FREQ=1, TEST__REPORT_SHUFFLED=True)
     config_path = write_config(config, str(tmp_path))
     straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-    main_module.main(['--config', config_path, '--output', straight])
+    status, straight_lines = run_main_process(config_path, straight)
+    assert status == 0, ''.join(straight_lines[-30:])
 
-    original_train_one_epoch = main_module.train_one_epoch
-
-    def interrupted_in_epoch_1(trainer, loader, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt  # as if the job were killed during epoch 1
-        return original_train_one_epoch(trainer, loader, epoch)
-
-    monkeypatch.setattr(main_module, 'train_one_epoch', interrupted_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        main_module.main(['--config', config_path, '--output', resumed])
-    assert records(resumed, 'final') == []
-    assert torch.load(os.path.join(resumed, 'last.pth'), weights_only=True)['epoch'] == 1
-    monkeypatch.setattr(main_module, 'train_one_epoch', original_train_one_epoch)
-    main_module.main(['--config', config_path, '--output', resumed, '--opts', 'TRAIN.AUTO_RESUME', 'True'])
+    status, _ = run_main_process(config_path, resumed, kill_at='Train: [1/3][1/')
+    assert status == -signal.SIGKILL and records(resumed, 'final') == []
+    status, resumed_lines = run_main_process(config_path, resumed, 'TRAIN.AUTO_RESUME', 'True')
+    assert status == 0, ''.join(resumed_lines[-30:])
+    assert any('auto-resume: found' in line for line in resumed_lines)
 
     resumed_tensors = model_tensors(os.path.join(resumed, 'last.pth'))
     for name, tensor in model_tensors(os.path.join(straight, 'last.pth')).items():
         assert torch.equal(tensor, resumed_tensors[name]), name
-    assert records(resumed, 'train')[-1] == records(straight, 'train')[-1]
-    for which in ('best', 'last'):
-        assert records(resumed, 'final')[0][which] == records(straight, 'final')[0][which]
+    assert result_lines_of(resumed_lines) == result_lines_of(straight_lines) != []
+    # metrics.jsonl reads like the uninterrupted run's: each epoch once, the same figures
+    for kind in ('train', 'eval', 'final'):
+        assert records(resumed, kind) == records(straight, kind), kind
 
 
 @pytest.mark.slow

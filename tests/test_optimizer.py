@@ -1,12 +1,13 @@
-"""Parameter groups, freezing, one optimisation step and the learning-rate schedule (spec section 7)."""
+"""Parameter groups, freezing, one optimisation step and the learning-rate schedule (docs/model.md, section 13)."""
 import math
 
 import pytest
 import torch
 
 import clip
-import models
 from conftest import tiny_clip_state_dict, tiny_config
+from models.builder import build_model
+from models.loss import build_criterion
 from utils.optimizer import build_optimizer, build_param_groups, build_scheduler, format_param_groups
 
 # Tensor counts of the tiny model (2 vision layers, 2 text layers, 2 prompt layers, 1 msim layer):
@@ -30,7 +31,7 @@ MODES = {
 def build(mode, **overrides):
     config = tiny_config(TRAIN__LR=1e-3, TRAIN__WEIGHT_DECAY=0.05, **MODES[mode], **overrides)
     torch.manual_seed(0)
-    return models.build_model(config, tiny_clip_state_dict()), config
+    return build_model(config, tiny_clip_state_dict()), config
 
 
 def group_of(groups, name, model):
@@ -76,7 +77,7 @@ def test_one_step_trains_exactly_what_should_train(mode):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     text = clip.tokenize(['happy', 'sad', 'angry', 'calm'])
     logits_global, logits_local, _ = model(torch.randn(2, 8, 3, 32, 32), text)
-    loss, _ = models.build_criterion(config)(logits_global, logits_local, torch.tensor([0, 3]), epoch=0)
+    loss, _ = build_criterion(config)(logits_global, logits_local, torch.tensor([0, 3]), epoch=0)
     loss.backward()
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:

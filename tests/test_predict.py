@@ -9,10 +9,10 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-import models
-from conftest import tiny_clip_state_dict, tiny_config
+from conftest import tiny_clip_state_dict, tiny_config, write_release_checkpoint
 from datasets import build_dataloaders
 from datasets.synthetic import draw_clips, sample_clip_parameters, write_frame_folder, write_mp4
+from models.builder import build_model
 from scripts import predict as predict_script
 from utils.checkpoint import save_checkpoint
 from utils.engine import evaluate
@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('predict'))
     config = tiny_config(DATA__ROOT=root, DATA__SYNTHETIC__CLIP_LENGTH=12, DATA__SYNTHETIC__FRAME_SIZE=40,
                          DATA__SYNTHETIC__NOISE_FRAMES=3, TEST__NUM_CLIP=NUM_CLIPS, TEST__BATCH_SIZE=2)
-    model = models.build_model(config, tiny_clip_state_dict())
+    model = build_model(config, tiny_clip_state_dict())
     checkpoint = os.path.join(root, 'best.pth')
     save_checkpoint({'model': model.state_dict(), 'epoch': 1, 'step': 1, 'config': config.dump()}, checkpoint)
     return {'root': root, 'config': config, 'model': model.eval(), 'checkpoint': checkpoint,
@@ -135,7 +135,7 @@ def naive_prediction(model, views, text_tokens, config):
     relevance = []
     with torch.no_grad():
         for view in views:  # [T, 3, S, S] uint8
-            details = model.forward_details(((view.float() - mean) / std)[None], text_tokens)
+            details = model(((view.float() - mean) / std)[None], text_tokens, return_details=True)
             global_sum = global_sum + details['logits_global'][0].softmax(-1)
             local_sum = local_sum + details['logits_local'][0].sum(0).softmax(-1)
             relevance.append(details['relevance'][0])
@@ -228,3 +228,16 @@ def test_cuda_matches_cpu(prediction, setup, tmp_path):
         torch.testing.assert_close(torch.tensor(video['heads'][head]['probabilities']),
                                    torch.tensor(prediction['json']['videos'][1]['heads'][head]['probabilities']),
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_a_release_checkpoint_file_predicts_like_this_projects_own(setup, tmp_path):
+    release = str(tmp_path / 'release.pth')
+    write_release_checkpoint(release, setup['model'].state_dict(), 0, setup['config'])
+    paths = {}
+    for name, checkpoint in (('ours', setup['checkpoint']), ('release', release)):
+        paths[name] = str(tmp_path / f'{name}.json')
+        status, _, _ = run_predict(dict(setup, checkpoint=checkpoint), [setup['inputs']['mp4']], '--json',
+                                   paths[name])
+        assert status == 0
+    predictions = {name: json.load(open(path))['videos'] for name, path in paths.items()}
+    assert predictions['release'] == predictions['ours']

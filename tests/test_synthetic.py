@@ -171,7 +171,7 @@ def test_script_generates_and_prints_the_config_keys(tmp_path, capsys):
     output = capsys.readouterr().out
     assert f'DATA.TRAIN_FILE {root}/train.txt' in output and 'DATA.NUM_CLASSES 7' in output
     assert len(read_annotation_list(os.path.join(root, 'train.txt'), root, 7)) == 7
-    assert make_synthetic_dataset.main(['--root', root, '--opts', 'DATA.SYNTHETIC.MOTION', '0']) == 1
+    assert make_synthetic_dataset.main(['--root', root, '--opts', 'DATA.SYNTHETIC.MOTION', '0']) == 2
     assert 'DATA.SYNTHETIC.MOTION' in capsys.readouterr().err
 
 

@@ -1,19 +1,27 @@
-"""Complete, atomic, ``weights_only``-safe training checkpoints.
+"""Complete, atomic, ``weights_only``-safe training checkpoints, and the official release's files.
 
 A checkpoint holds everything needed to continue a run as if it had not stopped: the model (without
 DDP's ``module.`` prefix, so it loads into the official release's model and back), optimizer,
 scheduler, gradient scaler, epoch, optimizer-update count, best metrics, the config as YAML text and
 the random-number states of every process. Only plain types and tensors are stored, so that
 ``torch.load(..., weights_only=True)`` reads it.
+
+The release's files (``{model, optimizer, lr_scheduler, max_accuracy, epoch, config}``, see
+docs/model.md, section 'Checkpoints') are read with the same restricted loader: only their config
+(a pickled yacs ``CfgNode``) and NumPy scalars are allowed besides tensors and plain types.
+:func:`load_checkpoint` returns them in this project's layout with ``format`` = ``'release'``.
 """
+import collections
 import logging
 import os
 import random
 
 import numpy as np
 import torch
+from yacs.config import CfgNode
 
 from utils import distributed
+from utils.errors import UserError
 from utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -22,14 +30,8 @@ LAST_CHECKPOINT = 'last.pth'
 BEST_CHECKPOINT = 'best.pth'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or does not fit; the message names the file."""
-
-
-def unwrap_model(model):
-    """The model inside a DDP (or ``torch.compile``) wrapper, or ``model`` itself."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
 
 
 def capture_rng_state():
@@ -73,7 +75,7 @@ def training_state(model, optimizer, scheduler, scaler, epoch, step, best, confi
         dict ready for :func:`save_checkpoint`.
     """
     return {
-        'model': unwrap_model(model).state_dict(),
+        'model': distributed.unwrap_model(model).state_dict(),
         'optimizer': optimizer.state_dict(),
         'lr_scheduler': scheduler.state_dict(),
         'scaler': scaler.state_dict(),
@@ -98,21 +100,62 @@ def save_checkpoint(state, path):
     logger.info('saved %s (epoch %d, step %d)', path, state['epoch'], state['step'])
 
 
+RELEASE_FORMAT = 'release'
+
+
+def _release_globals():
+    # The release pickles its config as a yacs CfgNode. It is read as nested OrderedDicts (the names
+    # are mapped, so no yacs code runs while unpickling) and turned into a CfgNode afterwards. NumPy
+    # scalars may hold its best accuracy; numpy 1 pickled them under numpy.core.
+    scalar = np._core.multiarray.scalar
+    return [(collections.OrderedDict, 'yacs.config.CfgNode'), scalar,
+            (scalar, 'numpy.core.multiarray.scalar'), np.dtype, *{type(np.dtype(kind)) for kind in 'fdiqb?'}]
+
+
 def load_checkpoint(path):
-    """Read a checkpoint with ``weights_only=True``.
+    """Read a checkpoint of this project or of the official release, with ``weights_only=True``.
+
+    Returns:
+        dict in this project's layout; a release file gets ``format`` = ``'release'``, ``epoch`` =
+        epochs completed (the release stores the 0-based epoch just finished) and its config as YAML.
 
     Raises:
-        CheckpointError: the file is missing, unreadable or not a DK-CLIP checkpoint; names the file.
+        CheckpointError: the file is missing, unreadable or neither format; names the file.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(_release_globals()):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:  # any unpickling failure means the same to the user: unusable file
-        raise CheckpointError(f'cannot read checkpoint {path}: {error}') from error
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint:
-        raise CheckpointError(f'{path} is not a DK-CLIP checkpoint (no "model" entry)')
-    return checkpoint
+        raise CheckpointError(f'cannot read checkpoint {path}: {_unpickling_reason(error)}') from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('model'), dict):
+        raise CheckpointError(f'{path} is neither a checkpoint of this project nor one of the official '
+                              f'release (no "model" state dict)')
+    return _from_release(checkpoint) if is_release_checkpoint(checkpoint) else checkpoint
+
+
+def is_release_checkpoint(checkpoint):
+    """Whether a loaded file is the official release's: a best accuracy or a config node, no update count."""
+    return 'step' not in checkpoint and ('max_accuracy' in checkpoint or isinstance(checkpoint.get('config'), dict))
+
+
+def _unpickling_reason(error):
+    # torch's message spans many lines of advice; what the safe unpickler refused is enough.
+    text, marker = str(error), 'WeightsUnpickler error:'
+    if marker not in text:
+        return ' '.join(text.split()) or type(error).__name__
+    detail = ' '.join(text.split(marker, 1)[1].split('Check the documentation')[0].split())
+    return f'not a file torch.load reads safely ({detail.split(". Please")[0]})'
+
+
+def _from_release(checkpoint):
+    converted = dict(checkpoint, format=RELEASE_FORMAT)
+    if 'epoch' in checkpoint:
+        converted['epoch'] = int(checkpoint['epoch']) + 1
+    config = checkpoint.get('config')
+    converted['config'] = CfgNode(config).dump() if isinstance(config, dict) else None
+    return converted
 
 
 def model_state_dict(checkpoint):
@@ -123,18 +166,19 @@ def model_state_dict(checkpoint):
 def load_model_weights(model, checkpoint, path):
     """Load the checkpoint's model weights strictly; a mismatch raises naming ``path``."""
     try:
-        unwrap_model(model).load_state_dict(model_state_dict(checkpoint), strict=True)
+        distributed.unwrap_model(model).load_state_dict(model_state_dict(checkpoint), strict=True)
     except RuntimeError as error:
         raise CheckpointError(f'{path}: the model weights do not fit this config: {error}') from error
 
 
-def restore_training_state(checkpoint, path, model, optimizer, scheduler, scaler):
-    """Continue a run from a checkpoint of :func:`training_state`.
+def restore_training_state(checkpoint, path, model, optimizer, scheduler, scaler, updates_per_epoch):
+    """Continue a run from a checkpoint of :func:`training_state` or of the official release.
 
     Args:
         checkpoint: the dict from :func:`load_checkpoint`.
         path: its file, named in errors.
         model, optimizer, scheduler, scaler: restored in place.
+        updates_per_epoch: optimizer updates per epoch of this run (places a release file's schedule).
 
     Returns:
         (start_epoch, step, best) to continue the training loop with.
@@ -142,6 +186,8 @@ def restore_training_state(checkpoint, path, model, optimizer, scheduler, scaler
     Raises:
         CheckpointError: a missing entry or a state that does not fit; names the file.
     """
+    if checkpoint.get('format') == RELEASE_FORMAT:
+        return _restore_from_release(checkpoint, path, model, optimizer, scheduler, updates_per_epoch)
     missing = [key for key in ('optimizer', 'lr_scheduler', 'scaler', 'epoch', 'step') if key not in checkpoint]
     if missing:
         raise CheckpointError(f'{path} cannot resume training: missing {missing}')
@@ -165,3 +211,29 @@ def _restore_rng_of_this_rank(rng_states, path):
         logger.warning('%s holds random states for %s processes, this run has %d: random streams are '
                        'seeded afresh, so the continued run will not repeat an uninterrupted one exactly',
                        path, len(rng_states or []), world_size)
+
+
+def _restore_from_release(checkpoint, path, model, optimizer, scheduler, updates_per_epoch):
+    # The release's file has the weights and the epoch; what it lacks or what does not fit this run
+    # is named in the log, and training continues from the weights at the right point of the schedule.
+    if 'epoch' not in checkpoint:
+        raise CheckpointError(f'{path} cannot resume training: the release file has no "epoch"')
+    load_model_weights(model, checkpoint, path)
+    epoch = checkpoint['epoch']
+    step = epoch * updates_per_epoch
+    not_restored = []
+    if not isinstance(checkpoint.get('optimizer'), dict):
+        not_restored.append('the optimizer state (none in the file; AdamW moments start from zero)')
+    else:
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (KeyError, ValueError, RuntimeError) as error:
+            not_restored.append(f'the optimizer state ({error}; AdamW moments start from zero)')
+    scheduler.step_update(num_updates=step)  # this run's schedule, placed at the release's epoch
+    not_restored += ['the gradient scaler (none in the file)',
+                     'the random states (none in the file: later draws differ from the original run)',
+                     f'the best epoch (the file holds max_accuracy {checkpoint.get("max_accuracy")}; '
+                     f'best.pth is chosen afresh from epoch {epoch})']
+    logger.warning('resumed from the official release file %s: weights and epoch %d (update %d) restored; '
+                   'not restored: %s', path, epoch, step, '; '.join(not_restored))
+    return epoch, step, {}

@@ -10,10 +10,15 @@ Typical use::
     validate_config(config)                   # named errors before anything heavy starts
 """
 import argparse
+import logging
 import os
 
 import yaml
 from yacs.config import CfgNode as CN
+
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 _C = CN()
 
@@ -26,7 +31,7 @@ _C.BASE = ['']
 _C.DATA = CN()
 # Prefix joined to every relative path of the annotation lists.
 _C.DATA.ROOT = ''
-# Training list (`<path> <num_frames> <label>` or `<path> <label>` per line, see data.md).
+# Training list (`<path> <num_frames> <label>` or `<path> <label>` per line, see docs/data.md, section 3).
 _C.DATA.TRAIN_FILE = ''
 # Test list, evaluated after every epoch (the official release calls it VAL_FILE).
 _C.DATA.VAL_FILE = ''
@@ -87,6 +92,11 @@ _C.DATA.SYNTHETIC.HIGHLIGHT = 0.5
 _C.DATA.SYNTHETIC.MOTION = 1.0
 # Largest drift of the face over a clip, as a fraction of the frame size along each axis.
 _C.DATA.SYNTHETIC.DRIFT = 0.08
+# Which clips are the test set (the clips themselves do not change): 0, the generated test clips
+# (train.txt / test.txt); k >= 1, the k-th block of TEST_PER_CLASS training clips per class, the test
+# clips joining the training set (train_fold<k>.txt / test_fold<k>.txt). Folds 0 to
+# TRAIN_PER_CLASS // TEST_PER_CLASS test on disjoint clips (configs/synthetic/fold<k>.yaml).
+_C.DATA.SYNTHETIC.FOLD = 0
 
 # ----------------------------------------------------------------------------------------------------
 # Model
@@ -163,25 +173,18 @@ _C.TRAIN.OPTIMIZER = 'adamw'
 _C.TRAIN.OPT_LEVEL = 'O1'
 # Resume from OUTPUT/last.pth when it exists.
 _C.TRAIN.AUTO_RESUME = False
-# Activation checkpointing over the vision transformer blocks (less memory, ~30% more compute).
+# Activation checkpointing over the vision transformer blocks (less memory, more compute).
 _C.TRAIN.USE_CHECKPOINT = False
 # Epochs 0 .. CONSISTENCY_EPOCHS - 1 use the local and consistency terms; later epochs the global CE
 # only (the release's `epoch > 13` switch).
 _C.TRAIN.CONSISTENCY_EPOCHS = 14
 # Clip the gradient norm to this value before each update (0: no clipping, as published).
 _C.TRAIN.CLIP_GRAD = 0.0
-# torch.compile the model (models.compile).
+# torch.compile the model (nn.Module.compile: state-dict names unchanged; models.builder).
 _C.TRAIN.COMPILE = False
-# What TRAIN.COMPILE compiles: 'methods' (from the videos and text features to the logits, one graph) or
-# 'blocks' (only the block stacks of the encoders, the earlier design).
-_C.TRAIN.COMPILE_SCOPE = 'methods'
 # torch.compile's mode with TRAIN.COMPILE ('' = its default; 'reduce-overhead' adds CUDA graphs,
 # 'max-autotune-no-cudagraphs' benchmarks matmul kernels while compiling, which takes minutes).
 _C.TRAIN.COMPILE_MODE = ''
-# Activations the compiled graphs keep for backward, from 0 (the least: recompute all it can) to 1.0 (the
-# default); a little below 1 recomputes cheap element-wise results (the MLP's activation, LayerNorm
-# outputs) instead of keeping them, and no matrix product (models.compile).
-_C.TRAIN.COMPILE_MEMORY_BUDGET = 1.0
 
 # ----------------------------------------------------------------------------------------------------
 # Loss
@@ -204,14 +207,18 @@ _C.AUG.LABEL_SMOOTH = 0.1
 _C.AUG.COLOR_JITTER = 0.8
 # Probability of converting a clip to greyscale.
 _C.AUG.GRAY_SCALE = 0.2
-# Draw colour-jitter parameters per frame (as the release did) instead of once per clip.
-_C.AUG.PER_FRAME_JITTER = False
+# Draw new colour-jitter factors and operation order for every frame (the release, published: True);
+# False draws them once per clip. The apply / skip coin is tossed once per clip either way.
+_C.AUG.PER_FRAME_JITTER = True
 # Mixup alpha (lambda ~ Beta(alpha, alpha)); 0 disables batch blending.
 _C.AUG.MIXUP = 0.8
 # FMix alpha (lambda ~ Beta(alpha, alpha)).
 _C.AUG.CUTMIX = 1.0
 # Probability of FMix instead of mixup for a batch.
 _C.AUG.MIXUP_SWITCH_PROB = 0.5
+# FMix mask construction: 'release' (published: the release's anisotropic mask, one cosine period along
+# x per row) or 'isotropic' (the FMix paper's mask); see datasets/blending.py.
+_C.AUG.FMIX_MASK = 'release'
 
 # ----------------------------------------------------------------------------------------------------
 # Testing
@@ -248,12 +255,12 @@ _C.SEED = 1024
 
 KNOWN_OPT_LEVELS = ('O0', 'O1', 'bf16')
 KNOWN_COMPILE_MODES = ('', 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-KNOWN_COMPILE_SCOPES = ('methods', 'blocks')
 KNOWN_CONSISTENCY = ('official', 'kl')
 KNOWN_BEST_METRICS = ('WAR', 'UAR')
+KNOWN_FMIX_MASKS = ('release', 'isotropic')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting (or a config file) is invalid; the message names the key or the file."""
 
 
@@ -322,7 +329,7 @@ def config_for_checkpoint(stored_config, config_path='', opts=None):
     """The config to use a trained checkpoint with (``scripts/eval.py``, ``scripts/predict.py``).
 
     Args:
-        stored_config: the YAML text a checkpoint holds (its ``config`` entry).
+        stored_config: the YAML text a checkpoint holds (its ``config`` entry), or None.
         config_path: a YAML file (with BASE) to use instead of the stored config; '' for the stored one.
         opts: ``KEY VALUE`` overrides merged last.
 
@@ -332,11 +339,35 @@ def config_for_checkpoint(stored_config, config_path='', opts=None):
     config = get_default_config()
     if config_path:
         merge_config_file(config, config_path)
+    elif stored_config is None:
+        raise ConfigError('the checkpoint holds no config: pass the config it was trained with (--config)')
     else:
-        config.merge_from_other_cfg(CN.load_cfg(stored_config))
+        merge_known_keys(config, CN.load_cfg(stored_config))
     merge_opts(config, opts)
     config.defrost()
     return config
+
+
+def merge_known_keys(config, stored):
+    """Merge a stored config (a checkpoint's) into ``config``, skipping keys this version does not have:
+    those of the official release's extra options or of an older version of this project."""
+    unknown = _drop_unknown_keys(stored, config)
+    if unknown:
+        logger.warning('the checkpoint\'s config has keys this version does not know; ignored: %s',
+                       ', '.join(unknown))
+    config.merge_from_other_cfg(stored)
+
+
+def _drop_unknown_keys(stored, reference, prefix=''):
+    unknown = []
+    for key in list(stored):
+        name = prefix + key
+        if key not in reference:
+            unknown.append(name)
+            del stored[key]
+        elif isinstance(stored[key], CN) and isinstance(reference[key], CN):
+            unknown += _drop_unknown_keys(stored[key], reference[key], name + '.')
+    return unknown
 
 
 def load_config(args):
@@ -362,11 +393,9 @@ def load_config(args):
     return config
 
 
-def resolve_path(config, path):
-    """Return ``path`` joined to ``DATA.ROOT`` unless it is absolute or empty."""
-    if not path or os.path.isabs(path):
-        return path
-    return os.path.join(config.DATA.ROOT, path)
+def eval_batch_size(config):
+    """Videos per evaluation batch: ``TEST.BATCH_SIZE``, or ``TRAIN.BATCH_SIZE`` when it is 0."""
+    return config.TEST.BATCH_SIZE or config.TRAIN.BATCH_SIZE
 
 
 def _require(condition, key, value, rule):
@@ -383,8 +412,7 @@ def _validate_ranges(config):
                     'TRAIN.CONSISTENCY_EPOCHS', 'TRAIN.CLIP_GRAD', 'TRAIN.MIN_LR_RATIO', 'LOSS.LAMBDA',
                     'AUG.MIXUP', 'AUG.CUTMIX', 'TEST.BATCH_SIZE']
     probabilities = ['DATA.VAL_FRACTION', 'MODEL.ERASE_THRESHOLD', 'MODEL.DROP_PATH_RATE',
-                     'AUG.LABEL_SMOOTH', 'AUG.COLOR_JITTER', 'AUG.GRAY_SCALE', 'AUG.MIXUP_SWITCH_PROB',
-                     'TRAIN.COMPILE_MEMORY_BUDGET']
+                     'AUG.LABEL_SMOOTH', 'AUG.COLOR_JITTER', 'AUG.GRAY_SCALE', 'AUG.MIXUP_SWITCH_PROB']
     for key in positive:
         value = _get(config, key)
         _require(value > 0, key, value, 'must be positive')
@@ -407,19 +435,18 @@ def _validate_choices(config):
              f'must be one of {KNOWN_OPT_LEVELS}')
     _require(config.TRAIN.COMPILE_MODE in KNOWN_COMPILE_MODES, 'TRAIN.COMPILE_MODE', config.TRAIN.COMPILE_MODE,
              f'must be one of {KNOWN_COMPILE_MODES}')
-    _require(config.TRAIN.COMPILE_SCOPE in KNOWN_COMPILE_SCOPES, 'TRAIN.COMPILE_SCOPE', config.TRAIN.COMPILE_SCOPE,
-             f'must be one of {KNOWN_COMPILE_SCOPES}')
     _require(config.LOSS.CONSISTENCY in KNOWN_CONSISTENCY, 'LOSS.CONSISTENCY', config.LOSS.CONSISTENCY,
              f'must be one of {KNOWN_CONSISTENCY}')
     _require(config.TEST.BEST_METRIC in KNOWN_BEST_METRICS, 'TEST.BEST_METRIC', config.TEST.BEST_METRIC,
              f'must be one of {KNOWN_BEST_METRICS}')
+    _require(config.AUG.FMIX_MASK in KNOWN_FMIX_MASKS, 'AUG.FMIX_MASK', config.AUG.FMIX_MASK,
+             f'must be one of {KNOWN_FMIX_MASKS}')
     _require(config.TEST.NUM_CROP in (1, 3), 'TEST.NUM_CROP', config.TEST.NUM_CROP, 'must be 1 or 3')
     _require(config.TRAIN.LR_SCHEDULER == 'cosine', 'TRAIN.LR_SCHEDULER', config.TRAIN.LR_SCHEDULER,
              "only 'cosine' is implemented")
     _require(config.TRAIN.OPTIMIZER == 'adamw', 'TRAIN.OPTIMIZER', config.TRAIN.OPTIMIZER,
              "only 'adamw' is implemented")
-    _require(config.DATA.SYNTHETIC.FORMAT in ('frames', 'video'), 'DATA.SYNTHETIC.FORMAT',
-             config.DATA.SYNTHETIC.FORMAT, "must be 'frames' or 'video'")
+    # DATA.SYNTHETIC.* is validated where the dataset is generated (datasets.synthetic).
 
 
 def _validate_files(config):

@@ -35,6 +35,11 @@ class DistributedContext:
         return self.rank == 0
 
 
+def unwrap_model(model):
+    """The model inside a ``DistributedDataParallel`` wrapper (its ``.module``), or ``model`` itself."""
+    return getattr(model, 'module', model)
+
+
 def launched_by_torchrun():
     """True when torchrun (or torch.distributed.launch) started this process."""
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

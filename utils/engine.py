@@ -1,12 +1,19 @@
-"""Training and evaluation loops: one epoch of optimisation, and multi-view evaluation of the three heads.
+"""The engine: the training step, the epoch loop and evaluation.
 
-Both loops run unchanged on the CPU, one GPU or under DDP. Inside a training step nothing waits for the
-device: losses are summed on the device and read (one synchronisation) only every ``PRINT_FREQ`` steps
-and at the end of the epoch.
+Sections, in the order a run meets them: precision and input normalisation, one optimisation step
+(:func:`forward_backward`, :func:`optimizer_update`), one epoch (:func:`train_one_epoch`), evaluation
+of the three heads (:func:`evaluate`), and the epoch loop that trains, evaluates, keeps the best epoch
+and writes checkpoints (:func:`fit`). ``main.py`` builds what the engine needs and calls :func:`fit`.
+
+All of it runs unchanged on the CPU, one GPU or under DDP. Inside a training step nothing waits for
+the device: losses are summed on the device and read only every ``PRINT_FREQ`` steps and at the end of
+the epoch.
 """
 import contextlib
 import datetime
+import functools
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -14,18 +21,20 @@ from typing import Any
 
 import torch
 
-import clip
-import models
-from datasets import normalize_videos
 from utils import distributed
-from utils.checkpoint import model_state_dict, unwrap_model
-from utils.labels import read_label_csv
+from utils.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, save_checkpoint, training_state
 from utils.metrics import HEADS, evaluate_heads, head_scores
-from utils.reporting import class_names_from_prompts, per_class_table, result_lines
+from utils.plots import plot_confusion_matrix
+from utils.reporting import append_record, is_better, per_class_table, result_lines
 
 logger = logging.getLogger(__name__)
 
+CONFUSION_MATRIX_FILE = 'confusion_matrix.png'
 
+
+# ----------------------------------------------------------------------------------------------------
+# Precision and inputs
+# ----------------------------------------------------------------------------------------------------
 def resolve_amp_dtype(opt_level, device):
     """The autocast dtype for ``TRAIN.OPT_LEVEL`` on ``device``; None means fp32 (no autocast).
 
@@ -59,9 +68,39 @@ def build_grad_scaler(device, amp_dtype):
     return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
+def normalize_videos(videos, config):
+    """uint8 videos ``[..., 3, H, W]`` -> float32 ``(x - DATA.MEAN) / DATA.STD`` on the same device.
+
+    Args:
+        videos: uint8 tensor whose third-last dimension holds the RGB channels.
+        config: the run's config (``DATA.MEAN``, ``DATA.STD``, on the 0..255 scale).
+
+    Returns:
+        torch.Tensor: float32, same shape and device, contiguous.
+    """
+    # The loader's batches keep the decoders' channels-last memory: the layout changes here, on the
+    # device, where it is cheaper than in a CPU worker (docs/performance.md, 'Data pipeline').
+    videos = videos.contiguous()
+    mean, std = _normalization_tensors(tuple(config.DATA.MEAN), tuple(config.DATA.STD), videos.device)
+    return videos.float().sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalization_tensors(mean, std, device):
+    # Cached per device: building them from Python lists each step would be a blocking host-to-device
+    # copy inside the training step.
+    def as_tensor(values):
+        return torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    return as_tensor(mean), as_tensor(std)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One optimisation step and one epoch
+# ----------------------------------------------------------------------------------------------------
 @dataclass
 class Trainer:
-    """What one optimisation step needs.
+    """What training needs, built once by ``main.build_trainer``.
 
     Attributes:
         config: the run's config.
@@ -70,6 +109,7 @@ class Trainer:
         optimizer, scheduler, scaler: AdamW, timm's per-update scheduler, the gradient scaler.
         text_tokens: ``[K, 77]`` class-prompt tokens on ``device``.
         device: where the model runs.
+        class_names: short class names, in the order of the prompts (for the logged tables).
         amp_dtype: autocast dtype or None (fp32).
         blender: mixup / FMix batch blender or None.
         writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
@@ -83,6 +123,7 @@ class Trainer:
     scaler: Any
     text_tokens: torch.Tensor
     device: torch.device
+    class_names: tuple = ()
     amp_dtype: Any = None
     blender: Any = None
     writer: Any = None
@@ -220,6 +261,9 @@ def train_one_epoch(trainer, loader, epoch):
     return means
 
 
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
 def shuffle_frames(videos, generator):
     """Randomly permute the frames of each clip (a test of whether the model uses their order).
 
@@ -279,7 +323,7 @@ def _concatenate(collected, config, device):
 
 
 @torch.no_grad()
-def evaluate(model, loader, text_tokens, config, device, amp_dtype=None, shuffled=False):
+def evaluate(model, loader, text_tokens, config, device, shuffled=False):
     """Multi-view evaluation of the global, local and fused heads over all processes.
 
     Args:
@@ -288,16 +332,16 @@ def evaluate(model, loader, text_tokens, config, device, amp_dtype=None, shuffle
             ``indices``; each process holds its own share of the list.
         text_tokens: ``[K, 77]`` on ``device``.
         config: the run's config.
-        device: where the model runs.
-        amp_dtype: autocast dtype or None.
+        device: where the model runs (autocast as ``TRAIN.OPT_LEVEL`` says).
         shuffled: permute the frames of every clip (seeded by ``SEED``) before the model sees them.
 
     Returns:
         :class:`Evaluation` with each test video counted exactly once.
     """
-    model = unwrap_model(model)
+    model = distributed.unwrap_model(model)
     model.eval()
     generator = torch.Generator().manual_seed(config.SEED) if shuffled else None
+    amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, device)
     collected = predict(model, loader, text_tokens, config, device, amp_dtype, generator)
     indices = collected.pop('indices')
     gathered, indices = distributed.gather_predictions(collected, indices)
@@ -307,58 +351,136 @@ def evaluate(model, loader, text_tokens, config, device, amp_dtype=None, shuffle
     return Evaluation(heads=heads, scores=gathered, labels=labels, indices=indices.cpu())
 
 
-def build_model_for_run(config, device, checkpoint=None):
-    """Build DK-CLIP on ``device`` from the CLIP weights the config names, or from a checkpoint.
+def log_evaluation(heads, class_names, title, prefix='RESULT', suffix=''):
+    """Log the per-class table of ``heads`` under ``title``, then their grep-able RESULT lines."""
+    logger.info('%s:\n%s', title, per_class_table(heads, class_names))
+    for line in result_lines(heads, prefix=prefix, suffix=suffix):
+        logger.info(line)
+
+
+def evaluate_and_log(model, loader, text_tokens, class_names, config, device):
+    """Evaluate a trained model on ``loader`` (frames shuffled with ``TEST.SHUFFLE_FRAMES``) and log its
+    per-class table and RESULT lines: ``main.py --only_test`` and ``scripts/eval.py``."""
+    shuffled = config.TEST.SHUFFLE_FRAMES
+    evaluation = evaluate(model, loader, text_tokens, config, device, shuffled=shuffled)
+    views = f'{config.TEST.NUM_CLIP} clip(s) x {config.TEST.NUM_CROP} crop(s)'
+    log_evaluation(evaluation.heads, class_names,
+                   f'{len(evaluation.labels)} videos, {views}{", frames shuffled" if shuffled else ""}')
+    return evaluation
+
+
+# ----------------------------------------------------------------------------------------------------
+# The epoch loop
+# ----------------------------------------------------------------------------------------------------
+def start_loader_epoch(loader, epoch, seed):
+    """Make the epoch's shuffling and augmentation a function of (seed, epoch), so that a resumed run
+    repeats them: the loader's generator orders the samples and seeds the epoch's new workers."""
+    if hasattr(loader.sampler, 'set_epoch'):
+        loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed + 1_000_003 * epoch)
+
+
+def evaluate_splits(trainer, test_loader, val_loader=None, shuffled=False):
+    """Evaluate the test list and, if given, the validation split: ``{split: Evaluation}``."""
+    splits = {'test': test_loader, 'val': val_loader}
+    return {split: evaluate(trainer.model, loader, trainer.text_tokens, trainer.config, trainer.device,
+                            shuffled=shuffled)
+            for split, loader in splits.items() if loader is not None}
+
+
+def record_training(trainer, epoch, losses):
+    """Append the epoch's mean losses to metrics.jsonl and TensorBoard (rank 0)."""
+    if distributed.is_main_process():
+        append_record(trainer.config.OUTPUT, {'type': 'train', 'epoch': epoch, 'losses': losses})
+    if trainer.writer is not None:
+        for name, value in losses.items():
+            trainer.writer.add_scalar(f'epoch/{name}', value, epoch)
+
+
+def record_evaluation(config, writer, epoch, split, evaluation, class_names):
+    """Log one evaluation, append it to metrics.jsonl and write its TensorBoard scalars (rank 0)."""
+    summary = ' | '.join(f'{head} UAR {report["UAR"]:.2f} WAR {report["WAR"]:.2f}'
+                         for head, report in evaluation.heads.items())
+    logger.info('Epoch %d %s (%d videos): %s', epoch, split, len(evaluation.labels), summary)
+    if not distributed.is_main_process():
+        return
+    append_record(config.OUTPUT, {'type': 'eval', 'epoch': epoch, 'split': split,
+                                  'num_videos': len(evaluation.labels), 'class_names': class_names,
+                                  'heads': evaluation.heads})
+    if writer is not None:
+        for head, report in evaluation.heads.items():
+            for metric in ('UAR', 'WAR'):
+                writer.add_scalar(f'{split}/{head}/{metric}', report[metric], epoch)
+
+
+def update_results(results, epoch, evaluations, config):
+    """Record the epoch as the last one and, if it beats the best so far, as the best. Returns True then.
+
+    The best epoch is chosen on the validation split when there is one, else on the test list (as
+    published); the figures reported for it are always the test list's.
+    """
+    split = 'val' if 'val' in evaluations else 'test'
+    metric = config.TEST.BEST_METRIC
+    selection = evaluations[split].heads['global']
+    record = {'epoch': epoch, 'heads': evaluations['test'].heads,
+              'selection': {'split': split, 'metric': metric, 'value': selection[metric]}}
+    results['last'] = record
+    best = results.get('best')
+    if is_better(selection, best and {metric: best['selection']['value']}, metric):
+        results['best'] = record
+        return True
+    return False
+
+
+def save_epoch(trainer, epoch, results, improved):
+    """Write best.pth (and the best epoch's confusion matrix) when the epoch improved, then last.pth
+    every ``SAVE_FREQ`` epochs and after the final one.
+
+    best.pth goes first: a run killed between the two files resumes from the previous last.pth and
+    repeats this epoch, whereas the other order would leave a last.pth whose best epoch is not the
+    one in best.pth.
+    """
+    config = trainer.config
+    completed = epoch + 1
+    save_last = completed % config.SAVE_FREQ == 0 or completed == config.TRAIN.EPOCHS
+    if not (save_last or improved):
+        return
+    state = training_state(trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler, completed,
+                           trainer.num_updates, results, config)
+    if improved:
+        save_checkpoint(state, os.path.join(config.OUTPUT, BEST_CHECKPOINT))
+        if distributed.is_main_process():
+            plot_confusion_matrix(results['best']['heads']['global']['confusion_matrix'], trainer.class_names,
+                                  os.path.join(config.OUTPUT, CONFUSION_MATRIX_FILE),
+                                  f'global head, best epoch {epoch}')
+    if save_last:
+        save_checkpoint(state, os.path.join(config.OUTPUT, LAST_CHECKPOINT))
+
+
+def fit(trainer, loaders, start_epoch, results):
+    """The epoch loop from ``start_epoch``: train, evaluate, keep the best epoch, save.
 
     Args:
-        config: the run's config (``MODEL.PRETRAINED`` / ``MODEL.ARCH`` / ``MODEL.RANDOM_INIT``;
-            ``TRAIN.COMPILE`` compiles the encoders).
-        device: where the model goes.
-        checkpoint: a dict from :func:`utils.checkpoint.load_checkpoint`, or None. A DK-CLIP checkpoint
-            holds the backbone, so no CLIP weights file is needed; the caller still loads the
-            checkpoint strictly afterwards (:func:`utils.checkpoint.load_model_weights`).
-    """
-    if checkpoint is None:
-        clip_state_dict = models.load_clip_state_dict(config)
-    else:
-        clip_state_dict = model_state_dict(checkpoint)
-    model = models.build_model(config, clip_state_dict)
-    model = model.to(device)
-    if config.TRAIN.COMPILE:
-        # in place: names stay unchanged
-        models.compile_encoders(model, **compile_options(config))
-    return model
-
-
-def compile_options(config):
-    """Keyword arguments of :func:`models.compile_encoders` from the config: ``TRAIN.COMPILE_SCOPE``,
-    ``TRAIN.COMPILE_MEMORY_BUDGET`` and, when set, ``TRAIN.COMPILE_MODE`` (torch.compile's ``mode``)."""
-    options = dict(scope=config.TRAIN.COMPILE_SCOPE, memory_budget=config.TRAIN.COMPILE_MEMORY_BUDGET)
-    if config.TRAIN.COMPILE_MODE:
-        options['mode'] = config.TRAIN.COMPILE_MODE
-    return options
-
-
-def class_prompt_tokens(config, device):
-    """Tokenised class prompts ``[K, 77]`` of ``DATA.LABEL_LIST`` on ``device``, and short class names."""
-    prompts = read_label_csv(config.DATA.LABEL_LIST)
-    return clip.tokenize(prompts).to(device), class_names_from_prompts(prompts)
-
-
-def evaluate_and_report(model, loader, config, device):
-    """Evaluate ``model`` on ``loader`` (frames shuffled with ``TEST.SHUFFLE_FRAMES``), log the per-class
-    table and the RESULT lines; used by ``--only_test`` and ``scripts/eval.py``.
+        trainer: the :class:`Trainer`.
+        loaders: ``datasets.DataLoaders`` (``train``, ``test`` and optionally ``val``).
+        start_epoch: the first epoch to train (the completed epochs of a resumed run).
+        results: ``{'best': record or None, 'last': record or None}``, updated in place.
 
     Returns:
-        (:class:`Evaluation`, class names).
+        ``results`` after the last epoch.
     """
-    text_tokens, class_names = class_prompt_tokens(config, device)
-    shuffled = config.TEST.SHUFFLE_FRAMES
-    evaluation = evaluate(model, loader, text_tokens, config, device,
-                          resolve_amp_dtype(config.TRAIN.OPT_LEVEL, device), shuffled=shuffled)
-    views = f'{config.TEST.NUM_CLIP} clip(s) x {config.TEST.NUM_CROP} crop(s)'
-    logger.info('%d videos, %s%s:\n%s', len(evaluation.labels), views, ', frames shuffled' if shuffled else '',
-                per_class_table(evaluation.heads, class_names))
-    for line in result_lines(evaluation.heads):
-        logger.info(line)
-    return evaluation, class_names
+    config = trainer.config
+    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
+        start_loader_epoch(loaders.train, epoch, config.SEED + distributed.get_rank())
+        losses = train_one_epoch(trainer, loaders.train, epoch)
+        record_training(trainer, epoch, losses)
+        evaluations = evaluate_splits(trainer, loaders.test, loaders.val)
+        for split, evaluation in evaluations.items():
+            record_evaluation(config, trainer.writer, epoch, split, evaluation, trainer.class_names)
+        improved = update_results(results, epoch, evaluations, config)
+        best = results['best']
+        logger.info('best so far: epoch %d (%s %s of the global head %.2f)', best['epoch'],
+                    best['selection']['split'], best['selection']['metric'], best['selection']['value'])
+        save_epoch(trainer, epoch, results, improved)
+    return results

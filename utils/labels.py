@@ -2,7 +2,13 @@
 import csv
 import os
 
+from utils.errors import InputFileError, UserError
+
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class LabelListError(UserError, ValueError):
+    """A malformed label CSV; the message names the file and line."""
 
 
 def locate_project_file(path):
@@ -27,27 +33,27 @@ def read_label_csv(path):
         list[str]: the ``name`` of class 0, 1, ..., K-1.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a malformed row, a repeated or missing id; the message names the file and line.
+        InputFileError: the file does not exist.
+        LabelListError: a malformed row, a repeated or missing id; the message names the file and line.
     """
     resolved = locate_project_file(path)
     if not os.path.isfile(resolved):
-        raise FileNotFoundError(f'label list not found: {path}')
+        raise InputFileError(f'label list not found: {path}')
     with open(resolved, newline='', encoding='utf-8') as f:
         rows = list(csv.reader(f))
     if not rows or [cell.strip() for cell in rows[0][:2]] != ['id', 'name']:
-        raise ValueError(f'{path}:1: expected the header "id,name"')
+        raise LabelListError(f'{path}:1: expected the header "id,name"')
     names = {}
     for line_number, row in enumerate(rows[1:], start=2):
         if not row or not ''.join(row).strip():
             continue
         if len(row) != 2 or not row[0].strip().isdigit() or not row[1].strip():
-            raise ValueError(f'{path}:{line_number}: expected "<id>,<name>", got {",".join(row)!r}')
+            raise LabelListError(f'{path}:{line_number}: expected "<id>,<name>", got {",".join(row)!r}')
         class_id = int(row[0])
         if class_id in names:
-            raise ValueError(f'{path}:{line_number}: id {class_id} appears twice')
+            raise LabelListError(f'{path}:{line_number}: id {class_id} appears twice')
         names[class_id] = row[1].strip()
     missing = sorted(set(range(len(names))) - set(names))
     if missing or not names:
-        raise ValueError(f'{path}: ids must be 0..K-1 without gaps; missing {missing or "all"}')
+        raise LabelListError(f'{path}: ids must be 0..K-1 without gaps; missing {missing or "all"}')
     return [names[i] for i in range(len(names))]

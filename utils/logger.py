@@ -52,3 +52,13 @@ def close_logging():
         handler = _handlers.pop()
         root.removeHandler(handler)
         handler.close()
+
+
+def log_traceback_to_file(message, error):
+    """Write ``message`` and the traceback of ``error`` to the log file only, not to the console: a user
+    error is printed as one line, and its traceback is kept for whoever needs it."""
+    record = logging.getLogger(__name__).makeRecord(
+        __name__, logging.ERROR, __file__, 0, message, None, (type(error), error, error.__traceback__))
+    for handler in _handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -1,4 +1,4 @@
-"""Evaluation metrics: pure, vectorised functions of scores and labels (spec model.md section 9).
+"""Evaluation metrics: pure, vectorised functions of scores and labels (docs/model.md, section 16).
 
 All figures are in percent, as in the published tables. WAR (weighted average recall) is the accuracy
 over all test videos; UAR (unweighted average recall) is the mean of the per-class recalls over the

@@ -1,4 +1,4 @@
-"""What trains at which learning rate (spec section 7), the AdamW optimizer and the cosine schedule.
+"""What trains at which learning rate (docs/model.md, section 13), the AdamW optimizer and the cosine schedule.
 
 Rules, by parameter name:
 - trains: with ``MODEL.FIX_TEXT`` (published) iff the name contains ``visual.``, ``mit`` or ``prompts``
@@ -16,6 +16,8 @@ import logging
 import torch
 from timm.scheduler import CosineLRScheduler
 
+from utils.distributed import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 TRAINABLE_WITH_FIXED_TEXT = ('visual.', 'mit', 'prompts')
@@ -26,10 +28,6 @@ ADAMW_BETAS = (0.9, 0.98)
 ADAMW_EPS = 1e-8
 # Devices with a fused AdamW kernel that this project runs on.
 FUSED_ADAMW_DEVICES = ('cuda', 'cpu')
-
-
-def _unwrap(model):
-    return getattr(model, 'module', model)  # DistributedDataParallel keeps the model in .module
 
 
 def is_trainable(name, config, unused_prefixes=()):
@@ -63,7 +61,7 @@ def build_param_groups(model, config):
         list[dict]: non-empty groups ``{'name', 'params', 'lr', 'weight_decay'}`` named
         ``base/decay``, ``base/no_decay``, ``new/decay``, ``new/no_decay`` (new = the scaled LR).
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     unused = getattr(model, 'UNUSED_PARAMETER_PREFIXES', ())
     groups = {}
     for name, parameter in model.named_parameters():
@@ -87,7 +85,7 @@ def format_param_groups(model, groups):
         count = sum(parameter.numel() for parameter in group['params'])
         lines.append(f"{group['name']:<14}{len(group['params']):>8}{count:>14,}{group['lr']:>11.2e}"
                      f"{group['weight_decay']:>10.1e}")
-    frozen = [parameter for parameter in _unwrap(model).parameters() if not parameter.requires_grad]
+    frozen = [parameter for parameter in unwrap_model(model).parameters() if not parameter.requires_grad]
     lines.append(f"{'frozen':<14}{len(frozen):>8}{sum(p.numel() for p in frozen):>14,}{'-':>11}{'-':>10}")
     return '\n'.join(lines)
 
@@ -95,9 +93,9 @@ def format_param_groups(model, groups):
 def build_optimizer(config, model):
     """AdamW (betas (0.9, 0.98), eps 1e-8) over :func:`build_param_groups`; logs the group table.
 
-    The fused implementation (one pass per parameter tensor instead of ~7) is used when every parameter
-    is on CUDA or on the CPU: on one CPU core it updates 37 M parameters in 42 ms instead of 170 ms
-    (the default per-tensor loop), with the same arithmetic.
+    The fused implementation (one pass per parameter tensor instead of several) is used when every
+    parameter is on CUDA or on the CPU: the same arithmetic, several times faster (docs/performance.md,
+    section 4.10).
     """
     groups = build_param_groups(model, config)
     parameters = [parameter for group in groups for parameter in group['params']]

@@ -13,9 +13,12 @@
 import json
 import os
 
+from utils.errors import UserError
+from utils.files import atomic_write
+
 METRICS_FILE = 'metrics.jsonl'
 
-# Column names of the published tables for this project's class order (see data.md).
+# Column names of the published tables for this project's class order (see docs/data.md, section 2).
 PUBLISHED_CLASS_HEADERS = {'happiness': 'Happy', 'sadness': 'Sad', 'neutral': 'Neutral', 'anger': 'Angry',
                            'surprise': 'Surprise', 'disgust': 'Disgust', 'fear': 'Fear'}
 
@@ -53,8 +56,20 @@ def read_records(path):
         except json.JSONDecodeError as error:
             if line_number == len(lines):  # the last line lacks its newline: an interrupted write
                 break
-            raise ValueError(f'{path}:{line_number}: not a JSON object: {error}') from error
+            raise UserError(f'{path}:{line_number}: not a JSON object: {error}') from error
     return records
+
+
+def drop_records_from(output_dir, epoch):
+    """Remove the records of epochs >= ``epoch`` and any ``final`` record from ``output_dir/metrics.jsonl``
+    (a resumed run trains those epochs again). The file is replaced atomically."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return
+    kept = [record for record in read_records(path)
+            if record.get('type') != 'final' and record.get('epoch', -1) < epoch]
+    with atomic_write(path, 'w') as f:
+        f.writelines(json.dumps(record) + '\n' for record in kept)
 
 
 def final_record(output_dir):
