@@ -41,9 +41,9 @@ def cache_dir():
     return os.path.expanduser(os.environ.get('CLIP_CACHE', '~/.cache/clip'))
 
 
-
 class CLIPWeightsError(UserError, ValueError):
     """A weights file cannot be read as CLIP weights; the message names it."""
+
 
 def _missing_model_message(name, path):
     sha256, filename = _MODELS[name]
@@ -67,7 +67,7 @@ def resolve_model_path(name_or_path):
     if os.path.isfile(name_or_path):
         return name_or_path
     raise InputFileError(f'CLIP weights not found: {name_or_path!r} is neither a file nor one of '
-                            f'{available_models()}')
+                         f'{available_models()}')
 
 
 def download(name, root=None):

@@ -194,6 +194,7 @@ class DKCLIP(CLIPTextTower):
             ``return_details`` the dict of :meth:`classify`, which adds the relevance and the erase mask
             (for the visualisation tools).
         """
+        # [B, E], [B, S, E], [B, S, P, E]
         video_features, snippet_features, snippet_tokens = self.encode_video(videos)
         text_features = self.encode_prompts(text_tokens)  # [K, E]
         details = self.classify(video_features, snippet_features, snippet_tokens, text_features)
