@@ -120,7 +120,7 @@ class BatchBlender:
     """Blend each training batch with a permutation of itself: FMix or mixup, with smoothed labels.
 
     With probability ``switch_probability`` a batch uses FMix (lambda ~ Beta(fmix_alpha, fmix_alpha),
-    the label weight is the mask's exact area), otherwise mixup (lambda ~ Beta(mixup_alpha,
+    the labels blended with that lambda), otherwise mixup (lambda ~ Beta(mixup_alpha,
     mixup_alpha)). Targets: ``lambda * smooth(y) + (1 - lambda) * smooth(y[perm])``.
 
     Args:
@@ -158,10 +158,12 @@ class BatchBlender:
         partners = videos.index_select(0, permutation)  # (indexing with [] stalls in OpenMP on CPU)
         use_fmix = self.fmix_alpha > 0 and torch.rand(()).item() < self.switch_probability
         if use_fmix:
-            mask = fmix_mask(*videos.shape[-2:], self._beta(self.fmix_alpha), self.fmix_mask_kind)
+            # the labels are blended with the drawn lambda, as the release does (the mask's area differs
+            # by its rounding, under one pixel's share; reading it would also wait for the device)
+            weight = self._beta(self.fmix_alpha)
+            mask = fmix_mask(*videos.shape[-2:], weight, self.fmix_mask_kind)
             mask = mask.to(device=videos.device, dtype=videos.dtype)  # [H, W], shared by all frames
             blended = videos * mask + partners * (1 - mask)
-            weight = mask.mean().item()
         else:
             weight = self._beta(self.mixup_alpha)
             blended = videos * weight + partners * (1 - weight)
