@@ -15,10 +15,17 @@ Layout of ``DATA.ROOT`` (the demo config sets ``DATA.ROOT: data/synthetic`` and 
     labels.csv                id,name with the class descriptions
     frames/<split>/<id>/<t>.jpg   JPEG frame folders (DATA.SYNTHETIC.FORMAT 'frames'), or
     videos/<split>/<id>.mp4       mp4 files, MPEG-4 part 2 (FORMAT 'video')
-    synthetic.json            the DATA.SYNTHETIC settings the files were generated with
+    synthetic.json            the DATA.SYNTHETIC settings the files were generated with (written last)
+    .synthetic.lock           held by the one process that generates or checks the dataset at a time
 
 Only the format the lists use is written (writing both costs time for no use; docs/performance.md,
 section 4.12), and changing any setting (FORMAT included) regenerates the dataset anyway.
+
+Processes that start together on the same ``DATA.ROOT`` (torchrun agents, the jobs of a campaign)
+generate it once: one holds the lock file while the others wait, then find it complete. Readers never
+see a half-written dataset: clips are drawn in a staging folder, and ``synthetic.json``, the record that
+says the dataset is complete, is replaced by an "incomplete" one before anything is moved into place
+and written back only after the lists (docs/distributed.md, section 5).
 
 Drawing is vectorised over clips, frames and pixels (torch), deterministic for ``DATA.SYNTHETIC.SEED``,
 and takes seconds for the default sizes.
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 
 from utils.config import ConfigError
-from utils.files import write_text
+from utils.files import exclusive_lock, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ PART_AMPLITUDE = {'corners': 0.5, 'brows': 0.28, 'mouth': 0.3}
 GENERATOR_VERSION = 2
 SPLITS = ('train', 'test')
 FILES = {'train': 'train.txt', 'test': 'test.txt', 'labels': 'labels.csv', 'settings': 'synthetic.json'}
+LOCK_FILE = '.synthetic.lock'
+# synthetic.json while files are being replaced: no settings match it, and it marks the folder as ours.
+INCOMPLETE_RECORD = {'INCOMPLETE': True}
+STAGING_PREFIX = '.staging-'
 # DATA.SYNTHETIC keys that leave the clips' pixels alone: changing them never regenerates the clips.
 NON_DRAWING_KEYS = ('GENERATE', 'FOLD')
 # Frames per second of the mp4 files (informational only).
@@ -390,11 +401,17 @@ def _replace_clip_folders(root, staging):
             os.replace(os.path.join(staging, name), target)
 
 
-def generate_synthetic_dataset(root, synthetic):
-    """Generate the synthetic dataset into ``root`` (replacing a previous one there).
+def dataset_lock(root):
+    """The lock on ``root`` that one generating (or checking) process holds at a time."""
+    return exclusive_lock(os.path.join(root, LOCK_FILE), f'the synthetic dataset in {root}')
 
-    Clips are written into a staging folder first; the lists and ``synthetic.json`` come last, so an
-    interrupted run leaves no lists pointing at half-written clips.
+
+def generate_synthetic_dataset(root, synthetic):
+    """Generate the synthetic dataset into ``root`` (replacing a previous one there), under its lock.
+
+    Clips are written into a staging folder first; ``synthetic.json`` says "incomplete" from the moment
+    the old files start to be replaced until the new lists are written, so an interrupted run leaves no
+    lists pointing at half-written clips, and the next one regenerates.
 
     Args:
         root: the dataset folder (``DATA.ROOT``).
@@ -405,15 +422,21 @@ def generate_synthetic_dataset(root, synthetic):
             than a generated synthetic dataset.
     """
     validate_synthetic_settings(synthetic)
+    with dataset_lock(root):
+        return _generate(root, synthetic)
+
+
+def _generate(root, synthetic):
+    """The body of :func:`generate_synthetic_dataset`; the caller holds the lock."""
     settings_file = os.path.join(root, FILES['settings'])
     foreign = [name for name in STORAGE_FOLDERS.values() if os.path.exists(os.path.join(root, name))]
     if foreign and not os.path.isfile(settings_file):
         raise ConfigError(f'DATA.ROOT = {root!r} already holds {foreign} without {FILES["settings"]}: '
                           f'not a generated synthetic dataset, refusing to replace it')
     started = time.perf_counter()
-    os.makedirs(root, exist_ok=True)
-    staging = os.path.join(root, f'.staging-{os.getpid()}')
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in glob.glob(os.path.join(root, STAGING_PREFIX + '*')):
+        shutil.rmtree(stale)  # left by a generator that was killed; with the lock held none is running
+    staging = os.path.join(root, f'{STAGING_PREFIX}{os.getpid()}')
     rng = np.random.default_rng(synthetic.SEED)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # drawing takes one core, the writer threads the rest
@@ -422,12 +445,11 @@ def generate_synthetic_dataset(root, synthetic):
             counts = {split: _write_split(staging, split, synthetic, rng, executor) for split in SPLITS}
     finally:
         torch.set_num_threads(threads)
-    if os.path.isfile(settings_file):
-        os.remove(settings_file)  # the old lists are no longer valid from here on
+    write_text(settings_file, json.dumps(INCOMPLETE_RECORD) + '\n')  # the old lists are invalid from here on
     _remove_lists(root)
     _replace_clip_folders(root, staging)
     shutil.rmtree(staging)
-    write_lists(root, synthetic)
+    write_lists(root, synthetic)  # synthetic.json comes last: the dataset is complete
     logger.info('synthetic dataset: %d training and %d test clips of %d classes written to %s in '
                 '%.1f s', counts['train'], counts['test'], len(CLASSES), root,
                 time.perf_counter() - started)
@@ -466,7 +488,9 @@ def ensure_synthetic_dataset(config):
     Does nothing unless ``DATA.SYNTHETIC.GENERATE``. Regenerates when the label CSV or
     ``synthetic.json`` is missing or the recorded settings differ from ``DATA.SYNTHETIC`` (so that a
     changed knob takes effect); writes only the lists when the clips are there but not the lists of
-    ``DATA.SYNTHETIC.FOLD``. Under DDP call it on rank 0, then synchronise.
+    ``DATA.SYNTHETIC.FOLD``. Under DDP call it on rank 0, then synchronise. Processes of different runs
+    that call it together on one ``DATA.ROOT`` take turns (:func:`dataset_lock`): one generates, the
+    others wait and then find the dataset complete.
 
     Args:
         config: the run's config; ``DATA.TRAIN_FILE`` (unless empty), ``DATA.VAL_FILE`` and
@@ -487,11 +511,13 @@ def ensure_synthetic_dataset(config):
         raise ConfigError("DATA.ROOT = '': name the folder for the synthetic dataset (DATA.SYNTHETIC)")
     _check_config_points_at(config, root)
     validate_synthetic_settings(synthetic)
-    labels_present = os.path.isfile(os.path.join(root, FILES['labels']))
-    if labels_present and _read_settings_record(root) == drawing_settings(synthetic):
-        if all(os.path.isfile(os.path.join(root, name)) for name in list_names(synthetic).values()):
-            return False
-        write_lists(root, synthetic)  # the clips are there: only this fold's lists are new
+    # Checked under the lock: a process that waited finds what the lock's holder has just written.
+    with dataset_lock(root):
+        labels_present = os.path.isfile(os.path.join(root, FILES['labels']))
+        if labels_present and _read_settings_record(root) == drawing_settings(synthetic):
+            if all(os.path.isfile(os.path.join(root, name)) for name in list_names(synthetic).values()):
+                return False
+            write_lists(root, synthetic)  # the clips are there: only this fold's lists are new
+            return True
+        _generate(root, synthetic)
         return True
-    generate_synthetic_dataset(root, synthetic)
-    return True

@@ -4,12 +4,12 @@ import filecmp
 import json
 import os
 
-import decord
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from datasets.annotations import read_annotation_list
+from datasets.decoding import decord  # imported after OpenCV and torchvision (datasets/decoding.py)
 from datasets.synthetic import (CLASSES, GENERATOR_VERSION, PARTS, draw_clips, ensure_synthetic_dataset,
                                 generate_synthetic_dataset, sample_clip_parameters)
 from scripts import make_synthetic_dataset

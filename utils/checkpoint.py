@@ -28,10 +28,12 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = 'last.pth'
 BEST_CHECKPOINT = 'best.pth'
+# Entry holding torchrun's id of the job that wrote the checkpoint ('' outside torchrun).
+TORCHRUN_RUN_KEY = 'torchrun_run_id'
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint cannot be read or does not fit; the message names the file."""
+    """A checkpoint cannot be read, written or does not fit; the message names the file."""
 
 
 def capture_rng_state():
@@ -84,6 +86,8 @@ def training_state(model, optimizer, scheduler, scaler, epoch, step, best, confi
         'best': best,
         'config': config.dump(),
         'rng_states': distributed.all_gather_object(capture_rng_state()),
+        # which torchrun job wrote it: a worker group that torchrun restarts resumes only its own file
+        TORCHRUN_RUN_KEY: distributed.elastic_run_id(),
     }
 
 
@@ -92,12 +96,34 @@ def save_checkpoint(state, path):
 
     The file is written to a temporary name in the same folder and moved into place with
     ``os.replace``, so an interrupted write never leaves a half-written checkpoint behind.
+
+    Raises:
+        CheckpointError: the write failed (a full disk, no permission); names the file. The previous
+            file at ``path``, if any, is left as it was and the temporary one is removed.
     """
     if not distributed.is_main_process():
         return
-    with atomic_write(path, 'wb') as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path, 'wb') as f:
+            torch.save(state, f)
+    except OSError as error:
+        kept = f'; the previous {os.path.basename(path)} is kept' if os.path.isfile(path) else ''
+        raise CheckpointError(f'cannot write checkpoint {path}: {error.strerror or error}{kept}') from error
     logger.info('saved %s (epoch %d, step %d)', path, state['epoch'], state['step'])
+
+
+def torchrun_job_of(path):
+    """torchrun's id of the job that wrote a checkpoint of this project ('' when none did), read with its
+    tensors mapped rather than loaded.
+
+    Raises:
+        CheckpointError: the file cannot be read; names it.
+    """
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as error:  # as in load_checkpoint: any unpickling failure means an unusable file
+        raise CheckpointError(f'cannot read checkpoint {path}: {_unpickling_reason(error)}') from error
+    return checkpoint.get(TORCHRUN_RUN_KEY, '') if isinstance(checkpoint, dict) else ''
 
 
 RELEASE_FORMAT = 'release'

@@ -2,16 +2,27 @@
 
 torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) decides: with it the process group is
 initialised (NCCL on CUDA, gloo on the CPU), without it the program runs as a single process and every
-helper here degrades to a no-op.
+helper here degrades to a no-op. A worker group that torchrun restarts (``--max-restarts``) forms its
+process group afresh, whatever the order in which its workers arrive (:func:`restart_safe_rendezvous`).
 """
+import datetime
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+# How long a worker waits for the others at the rendezvous store: as long as gloo's default process-group
+# timeout, so that a rank held up at start-up (imports, a data check) is waited for, not failed.
+STORE_TIMEOUT = datetime.timedelta(minutes=30)
+# Namespace of this project's keys in the store of torchrun's agent, and how often rank 0 looks there.
+HANDSHAKE_PREFIX = 'dkclip/rendezvous'
+HANDSHAKE_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,90 @@ def init_distributed():
     else:
         device, backend = torch.device('cpu'), 'gloo'
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **restart_safe_rendezvous())
     context = DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
     logger.info('process group initialised: backend %s, rank %d of %d, device %s', backend,
                 context.rank, context.world_size, device)
     return context
+
+
+def elastic_restart_count():
+    """How often this process's torchrun agent has restarted its workers: 0 in the first round and
+    outside torchrun. Per agent, not per job: see :func:`group_was_restarted`."""
+    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
+
+
+def group_was_restarted():
+    """Whether torchrun has restarted this worker group (``--max-restarts``), the same answer on every
+    process. An agent that restarts its workers because another node's failed does not count it as a
+    restart (pytorch/pytorch#108158), so the largest count over all processes decides."""
+    return max(all_gather_object(elastic_restart_count())) > 0
+
+
+def elastic_run_id():
+    """torchrun's id of this job (``--rdzv_id``; a random one with ``--standalone``); '' outside torchrun."""
+    return os.environ.get('TORCHELASTIC_RUN_ID', '')
+
+
+def restart_safe_rendezvous():
+    """The ``init_process_group`` arguments that form the group on a store of this round's own.
+
+    torchrun's agent serves one key-value store for every round of a job
+    (``TORCHELASTIC_USE_AGENT_STORE``), and ``env://`` forms the group on it as it is: the addresses the
+    previous round's workers published stay in it, and a restarted worker that reads them before the
+    new rank 0 has overwritten them connects to a process that is gone (gloo: "connectFullMesh failed
+    ... Connection refused"; NCCL exchanges its id through the same store). torchrun's restart count
+    cannot name the round, as it differs between agents. So rank 0 hosts a new store, and hands its
+    port through the agent's store only to workers that asked for it with a token made in this round
+    (docs/distributed.md, section 1).
+
+    Returns:
+        dict of ``store``, ``rank``, ``world_size`` under torchrun's agent store, else {} (``env://``:
+        rank 0 hosts a fresh store for every start of the group, as under SLURM).
+    """
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != str(True):
+        return {}
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    agent_store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
+                                timeout=STORE_TIMEOUT)
+    handshake = dist.PrefixStore(HANDSHAKE_PREFIX, agent_store)
+    store = _host_round_store(handshake, world_size) if rank == 0 else _join_round_store(handshake, rank)
+    return {'store': store, 'rank': rank, 'world_size': world_size}
+
+
+def _join_round_store(handshake, rank):
+    """Ranks > 0: ask for the round's store with a new token and connect to the port rank 0 answers."""
+    token = uuid.uuid4().hex  # only a rank 0 of this round can have seen it
+    handshake.set(f'asking/{rank}', token)
+    handshake.wait([f'answer/{token}'])
+    port = int(handshake.get(f'answer/{token}'))
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], port, is_master=False, timeout=STORE_TIMEOUT)
+    store.set(f'joined/{rank}', token)
+    return store
+
+
+def _host_round_store(handshake, world_size):
+    """Rank 0: a new store on a free port, whose port it gives to every token asked until all ranks joined.
+
+    A rank's token may still be its predecessor's when read; answering it is harmless, and the new
+    token is answered when it appears.
+    """
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], 0, is_master=True, wait_for_workers=False,
+                          timeout=STORE_TIMEOUT)
+    answered, waiting = set(), list(range(1, world_size))
+    deadline = time.monotonic() + STORE_TIMEOUT.total_seconds()
+    while True:
+        for rank in waiting:
+            token = handshake.get(f'asking/{rank}').decode() if handshake.check([f'asking/{rank}']) else None
+            if token is not None and token not in answered:
+                handshake.set(f'answer/{token}', str(store.port))
+                answered.add(token)
+        waiting = [rank for rank in waiting if not store.check([f'joined/{rank}'])]
+        if not waiting:
+            return store
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'ranks {waiting} did not join the process group within {STORE_TIMEOUT}')
+        time.sleep(HANDSHAKE_POLL_S)
 
 
 def cleanup_distributed():

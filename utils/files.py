@@ -4,10 +4,24 @@ Every file the project writes for later use (checkpoints, result JSON, pictures,
 synthetic dataset's lists) goes through :func:`atomic_write`: the content is written to a temporary file
 in the same folder and moved into place with ``os.replace``, which is atomic on POSIX file systems. A
 crash, a full disk or Ctrl-C while writing leaves the previous file (or none), never a truncated one.
+Files that several processes may write at once (the synthetic dataset) are guarded by
+:func:`exclusive_lock`.
 """
 import contextlib
+import fcntl
 import json
+import logging
 import os
+
+logger = logging.getLogger(__name__)
+
+
+def partial_path(path):
+    """The temporary file, next to ``path``, that this process's :func:`atomic_write` fills before moving
+    it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    # the process id keeps concurrent writers (several ranks, several runs) off each other's temporaries
+    return os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.partial')
 
 
 @contextlib.contextmanager
@@ -21,10 +35,8 @@ def atomic_write(path, mode='w'):
     Yields:
         the open file object. If the block raises, the temporary file is removed and ``path`` is untouched.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # the process id keeps concurrent writers (several ranks, several runs) off each other's temporaries
-    temporary = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.partial')
+    temporary = partial_path(path)
+    os.makedirs(os.path.dirname(temporary), exist_ok=True)
     try:
         with open(temporary, mode, encoding=None if 'b' in mode else 'utf-8') as f:
             yield f
@@ -44,3 +56,26 @@ def write_text(path, text):
 def write_json(path, payload, indent=1):
     """Write ``payload`` as JSON to ``path`` atomically (ends with a newline)."""
     write_text(path, json.dumps(payload, indent=indent) + '\n')
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, purpose):
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the block; wait, saying so,
+    while another process holds it.
+
+    The lock is ``flock``'s: the system releases it when its holder exits, even when killed, so a crash
+    never leaves it taken. It holds across processes and, on file systems that support ``flock`` (NFS on
+    Linux does), across machines.
+
+    Args:
+        path: the lock file.
+        purpose: what the holder does, for the log line of a process that waits.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a', encoding='utf-8') as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info('waiting for another process to finish %s (lock %s)', purpose, path)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield  # closing the file at the end of the block releases the lock
