@@ -9,10 +9,14 @@ import os
 import re
 import warnings
 
-import decord
+# decord ships an old zlib; OpenCV and torchvision, loaded after it, decode and write PNG files through
+# that zlib and fail ("libpng error", "decode_png ... Internal error"). Both are loaded before it here.
+import cv2  # noqa: F401 (loaded before decord, see above)
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+import decord  # noqa: E402 (after OpenCV and torchvision, see above)
 
 from utils.errors import UserError
 
@@ -31,16 +35,30 @@ class VideoReadError(UserError, RuntimeError):
     """A video of a list cannot be read; the message names the file and the list line."""
 
 
-def _natural_key(name):
-    # "img_2.jpg" before "img_10.jpg": frame numbers are not always zero-padded.
+def natural_key(name):
+    """Sort key that compares the numbers in a name as numbers: "img_2.jpg" before "img_10.jpg"."""
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
 
 
-def list_frame_files(folder):
-    """Return the image files (``.jpg``/``.jpeg``/``.png``) of a frame folder in natural order."""
-    names = [entry.name for entry in os.scandir(folder)
-             if entry.is_file() and entry.name.lower().endswith(FRAME_EXTENSIONS)]
-    return [os.path.join(folder, name) for name in sorted(names, key=_natural_key)]
+# DATA.FRAME_ORDER -> sort key of frame file names ('lexicographic': as strings, as the release sorted).
+FRAME_ORDER_KEYS = {'natural': natural_key, 'lexicographic': None}
+
+
+def frame_names(folder):
+    """The image file names (``.jpg``/``.jpeg``/``.png``) of a frame folder, unsorted."""
+    return [entry.name for entry in os.scandir(folder)
+            if entry.is_file() and entry.name.lower().endswith(FRAME_EXTENSIONS)]
+
+
+def list_frame_files(folder, frame_order='natural'):
+    """Return the image files of a frame folder in ``frame_order`` (``DATA.FRAME_ORDER``)."""
+    names = sorted(frame_names(folder), key=FRAME_ORDER_KEYS[frame_order])
+    return [os.path.join(folder, name) for name in names]
+
+
+def orders_disagree(names):
+    """True if ``names`` sort differently as strings and naturally (frame numbers not zero-padded)."""
+    return sorted(names) != sorted(names, key=natural_key)
 
 
 def count_frames(path, listed_count=None):
@@ -50,7 +68,7 @@ def count_frames(path, listed_count=None):
         int or None: None when the path is missing or the video cannot be opened.
     """
     if os.path.isdir(path):
-        return len(list_frame_files(path))
+        return len(frame_names(path))
     if listed_count is not None:
         return listed_count
     if not os.path.isfile(path):
@@ -67,7 +85,7 @@ def find_missing_files(entries):
     for entry in entries:
         if not os.path.exists(entry.path):
             problems.append((entry, 'not found'))
-        elif os.path.isdir(entry.path) and not list_frame_files(entry.path):
+        elif os.path.isdir(entry.path) and not frame_names(entry.path):
             problems.append((entry, 'frame folder without .jpg/.png files'))
     return problems
 
@@ -81,11 +99,12 @@ class FrameFolder:
 
     Args:
         entry: the list entry (for the path and for error messages).
+        frame_order: how the file names are sorted (``DATA.FRAME_ORDER``).
     """
 
-    def __init__(self, entry):
+    def __init__(self, entry, frame_order='natural'):
         self.entry = entry
-        self.files = list_frame_files(entry.path)
+        self.files = list_frame_files(entry.path, frame_order)
         if not self.files:
             raise _read_error(entry, entry.path, 'frame folder without .jpg/.png files')
 
@@ -156,14 +175,18 @@ class VideoFile:
         return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
-def open_video(entry):
-    """Open an entry's frames: a ``FrameFolder`` for directories, else a ``VideoFile``.
+def open_video(entry, frame_order='natural'):
+    """Open an entry's frames: a ``FrameFolder`` (names sorted by ``frame_order``) for directories, else
+    a ``VideoFile``.
 
     Raises:
         VideoReadError: the path is missing, an empty folder or an unreadable video.
     """
     if os.path.isdir(entry.path):
-        return FrameFolder(entry)
+        return FrameFolder(entry, frame_order)
     if not os.path.exists(entry.path):
         raise _read_error(entry, entry.path, 'frame folder or video file not found')
+    if entry.path.lower().endswith(FRAME_EXTENSIONS):
+        raise _read_error(entry, entry.path, 'a still image, not a video: give a video file, or a folder of '
+                                             'frames for a sequence of images')
     return VideoFile(entry)

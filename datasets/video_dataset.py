@@ -27,15 +27,17 @@ class VideoDataset(Dataset):
         train: random training sampling, else deterministic test views.
         num_clips: temporal views per test item (``TEST.NUM_CLIP``); unused for training.
         skip_bad: replace an unreadable video by another one (``DATA.SKIP_BAD``) instead of raising.
+        frame_order: how the images of a frame folder are sorted (``DATA.FRAME_ORDER``).
     """
 
-    def __init__(self, entries, num_frames, transform, train, num_clips, skip_bad):
+    def __init__(self, entries, num_frames, transform, train, num_clips, skip_bad, frame_order='natural'):
         self.entries = list(entries)
         self.num_frames = num_frames
         self.transform = transform
         self.train = train
         self.num_clips = num_clips
         self.skip_bad = skip_bad
+        self.frame_order = frame_order
         self.bad_messages = {}  # index -> error message, per process (each worker has its own)
 
     def __len__(self):
@@ -52,13 +54,10 @@ class VideoDataset(Dataset):
         Raises:
             VideoReadError: the video cannot be read; the message names the file and list line.
         """
-        video = open_video(self.entries[index])
+        video = open_video(self.entries[index], self.frame_order)
         if self.train:
             return self.transform(video.read(train_frame_indices(len(video), self.num_frames)))
-        views = test_frame_indices(len(video), self.num_frames, self.num_clips)  # [C, T]
-        crops = self.transform(video.read(views.flatten()))  # [K, C * T, 3, S, S]
-        crops = crops.unflatten(1, (self.num_clips, self.num_frames))  # [K, C, T, 3, S, S]
-        return crops.transpose(0, 1).flatten(0, 1)  # [C * K, T, 3, S, S]
+        return test_views(video, self.num_frames, self.num_clips, self.transform)[0]
 
     def _replacement(self, index):
         if self.train:
@@ -83,6 +82,19 @@ class VideoDataset(Dataset):
             index = self._replacement(index)
         raise VideoReadError(f'{MAX_REPLACEMENTS} replacement videos in a row were unreadable '
                              f'(DATA.SKIP_BAD); the last: {bad_samples[-1]}')
+
+
+def test_views(video, num_frames, num_clips, transform):
+    """The deterministic test views of an opened video (anything with ``len`` and ``read(indices)``).
+
+    Returns:
+        (uint8 ``[C * K, T, 3, S, S]``, view ``clip * K + crop``; int64 ``[C, T]``: the frames of each
+        temporal view).
+    """
+    views = test_frame_indices(len(video), num_frames, num_clips)  # [C, T]
+    crops = transform(video.read(views.flatten()))  # [K, C * T, 3, S, S]
+    crops = crops.unflatten(1, (num_clips, num_frames))  # [K, C, T, 3, S, S]
+    return crops.transpose(0, 1).flatten(0, 1), views  # [C * K, T, 3, S, S]
 
 
 def collate_clips(samples):

@@ -18,11 +18,19 @@ For each video the script prints, and ``--json`` writes:
 A missing, unreadable or corrupt input is reported on stderr, naming it; the other inputs are still
 predicted, and the exit status is 1.
 
+``--faces`` sends every video through the face front end first (docs/data.md, section 18), in memory:
+the main face is followed and cut out as square crops, and the test views are sampled from the frames
+that have it. A video without a face, or a still image (not a video), is reported like a missing input.
+Each video's record then also holds ``faces`` (its frame count, the frames with the face, the runs of
+frames without), ``frame_indices`` count the video's own frames, and ``--visualize`` also draws
+``<number>_<name>.faces.png``: the first view's frames with the crop square drawn on each.
+
 Usage, from the repository root::
 
     python -m scripts.predict --checkpoint output/demo/best.pth [--config configs/demo.yaml]
         clip.mp4 frames/00017 data/synthetic/test.txt [--json predictions.json] [--visualize pictures]
         [--top-k 3] [--batch-size 8] [--device cpu] [--opts TEST.NUM_CLIP 2 TEST.NUM_CROP 3]
+    python -m scripts.predict --checkpoint output/demo/best.pth --faces interview.mp4 [--max-gap 15]
 
 Without ``--config`` the config stored in the checkpoint is used (the label CSV it names must exist).
 """
@@ -32,18 +40,19 @@ import os
 import re
 import sys
 
+import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import (AnnotationEntry, AnnotationError, VideoDataset, VideoReadError,
-                      read_annotation_list)
-from datasets.decoding import count_frames
-from datasets.sampling import test_frame_indices
+from datasets import AnnotationEntry, AnnotationError, VideoReadError, read_annotation_list
+from datasets.decoding import open_video
+from datasets.faces import FaceVideo, NoFaceError, add_face_arguments, build_face_detector, face_settings
 from datasets.transforms import build_test_transform
+from datasets.video_dataset import test_views
 from utils.checkpoint import load_checkpoint, load_model_weights
 from utils.config import ConfigError, config_for_checkpoint, eval_batch_size, validate_config
 from utils.errors import run_command
-from utils.files import write_json
+from utils.files import atomic_write, write_json
 from models.builder import build_model_for_run, class_prompt_tokens
 from utils.engine import autocast, normalize_videos, resolve_amp_dtype
 from utils.logger import close_logging, setup_logging
@@ -72,9 +81,13 @@ def parse_args(argv):
                         help='videos per forward pass (default: TEST.BATCH_SIZE, else TRAIN.BATCH_SIZE)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='',
                         help='where the model runs (default: cuda when available)')
+    parser.add_argument('--faces', action='store_true',
+                        help='raw videos: follow the main face and predict on its crops (docs/data.md, section 18)')
+    add_face_arguments(parser.add_argument_group('face front end (with --faces)'))
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f'--top-k must be at least 1, got {args.top_k}')
+    args.face_settings = face_settings(args) if args.faces else None
     return args
 
 
@@ -122,36 +135,55 @@ def expand_inputs(inputs, config):
 
 class PredictionClips(Dataset):
     """The test views of each entry, or the reason they cannot be read (a failed video does not stop
-    the others).
+    the others). With ``face_settings`` (``--faces``) raw videos go through the face front end first:
+    the views are sampled from the frames with the face and cut from their crops.
 
     Items are dicts: ``position`` (index into ``entries``), ``videos`` uint8 ``[V, T, 3, S, S]`` (view
     ``clip * TEST.NUM_CROP + crop``) and ``frame_indices`` ``[TEST.NUM_CLIP, T]`` (the source frames of
-    each temporal view), or ``error`` (a message naming the file and where it was listed).
+    each temporal view), or ``error`` (a message naming the file and where it was listed). With faces,
+    also ``faces`` (``FaceVideo.summary``) and, with ``draw_faces``, ``face_picture``: the first view's
+    frames with their crop squares, one snippet per row (RGB).
     """
 
-    def __init__(self, entries, config):
-        self.clips = VideoDataset(entries, config.DATA.NUM_FRAMES, build_test_transform(config), train=False,
-                                  num_clips=config.TEST.NUM_CLIP, skip_bad=False)
+    def __init__(self, entries, config, face_settings=None, draw_faces=False):
+        self.entries, self.config = entries, config
+        self.face_settings, self.draw_faces = face_settings, draw_faces
+        self.transform = build_test_transform(config)
 
     def __len__(self):
-        return len(self.clips)
+        return len(self.entries)
+
+    def open(self, entry):
+        """The entry's frames: its decoder, or its face crops (``FaceVideo``)."""
+        order = self.config.DATA.FRAME_ORDER
+        if self.face_settings is None:
+            return open_video(entry, order)
+        return FaceVideo(entry, build_face_detector(self.face_settings), self.face_settings, order)
 
     def __getitem__(self, position):
         try:
-            videos = self.clips.load(position)
-        except VideoReadError as error:
+            video = self.open(self.entries[position])
+        except (VideoReadError, NoFaceError) as error:
             return {'position': position, 'error': str(error)}
-        # the same frame count VideoDataset.load sampled from, so these are the frames it read
-        num_video_frames = count_frames(self.clips.entries[position].path)
-        frame_indices = test_frame_indices(num_video_frames, self.clips.num_frames, self.clips.num_clips)
-        return {'position': position, 'videos': videos, 'frame_indices': frame_indices}
+        config = self.config
+        videos, views = test_views(video, config.DATA.NUM_FRAMES, config.TEST.NUM_CLIP, self.transform)
+        item = {'position': position, 'videos': videos, 'frame_indices': views}
+        if self.face_settings is not None:
+            item['frame_indices'] = torch.from_numpy(video.source_frames[views.numpy()])  # frames of the video
+            item['faces'] = video.summary()
+            if self.draw_faces:
+                frames_per_snippet = config.DATA.NUM_FRAMES // config.DATA.NUM_DIVIDE
+                item['face_picture'] = video.picture(item['frame_indices'][0].numpy(), frames_per_snippet)
+        return item
 
 
-def build_prediction_loader(entries, config, batch_size):
-    """Batches (lists of :class:`PredictionClips` items) of the entries, in order."""
+def build_prediction_loader(entries, config, batch_size, faces=None, draw_faces=False):
+    """Batches (lists of :class:`PredictionClips` items; through the face front end when ``faces`` holds
+    ``FaceSettings``) of the entries, in order."""
     batch_size = batch_size or eval_batch_size(config)
-    return DataLoader(PredictionClips(entries, config), batch_size=batch_size, shuffle=False,
-                      num_workers=config.DATA.NUM_WORKERS, collate_fn=list)
+    clips = PredictionClips(entries, config, faces, draw_faces)
+    return DataLoader(clips, batch_size=batch_size, shuffle=False, num_workers=config.DATA.NUM_WORKERS,
+                      collate_fn=list)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +226,7 @@ def top_classes(probabilities, class_names, top_k):
 
 
 def video_record(entry, item, outputs, row, class_names, top_k):
-    """The JSON record of one video (see the module docstring and ``/tmp/team/README_predict.md``)."""
+    """The JSON record of one video (the fields are listed in the module docstring)."""
     heads = {head: {'probabilities': outputs[head][row].tolist(),
                     'top_k': top_classes(outputs[head][row], class_names, top_k)}
              for head in ('global', 'local', 'fused') if head in outputs}
@@ -211,6 +243,7 @@ def video_record(entry, item, outputs, row, class_names, top_k):
         'relevance_per_view': relevance.tolist(),
         'erased_per_view': erased.tolist(),
         'frame_indices': item['frame_indices'][0].tolist(),
+        **({'faces': item['faces']} if 'faces' in item else {}),
     }
 
 
@@ -224,13 +257,31 @@ def format_record(record):
     snippets = ' '.join(f'{weight:.3f}' + ('*' if erased else '')
                         for weight, erased in zip(record['relevance'], record['erased']))
     lines.append(f'  snippet relevance (first view; * erased): {snippets}')
+    if 'faces' in record:
+        lines.append(face_line(record['faces']))
     return '\n'.join(lines)
+
+
+def face_line(faces):
+    """The console line of a ``--faces`` record: frames with the face and the runs without (1-based)."""
+    absent = ', '.join(f'{first + 1}-{last + 1}' for first, last in faces['absences'])
+    return (f'  face in {faces["frames_with_face"]} of {faces["frames"]} frames'
+            + (f' (no face in frames {absent}: left out)' if absent else ''))
 
 
 def picture_path(folder, number, path):
     """``folder/<number>_<name>.png``: numbered, since frame folders of different lists share names."""
     name = re.sub(r'[^\w.-]+', '_', os.path.basename(os.path.normpath(path)))
     return os.path.join(folder, f'{number:04d}_{name}.png')
+
+
+def draw_faces(picture, folder, number, path):
+    """Write ``--faces``' picture of a video's frames and crop squares as ``<number>_<name>.faces.png``."""
+    destination = picture_path(folder, number, path)[:-len('.png')] + '.faces.png'
+    _, data = cv2.imencode('.png', cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    with atomic_write(destination, 'wb') as f:
+        f.write(data.tobytes())
+    return destination
 
 
 def draw_record(record, frames, class_names, folder, number):
@@ -257,7 +308,8 @@ def predict_entries(model, entries, text_tokens, class_names, config, args, devi
     and their messages appended to ``errors``)."""
     records = []
     amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, device)
-    for batch in build_prediction_loader(entries, config, args.batch_size):
+    for batch in build_prediction_loader(entries, config, args.batch_size, args.face_settings,
+                                         draw_faces=bool(args.visualize)):
         for item in batch:
             if 'error' in item:
                 report_error(item['error'], errors)
@@ -272,6 +324,8 @@ def predict_entries(model, entries, text_tokens, class_names, config, args, devi
             print(format_record(record), flush=True)
             if args.visualize:
                 draw_record(record, item['videos'][0], class_names, args.visualize, len(records))
+                if 'face_picture' in item:
+                    draw_faces(item['face_picture'], args.visualize, len(records), record['path'])
     return records
 
 
@@ -280,6 +334,8 @@ def run(args):
     checkpoint = load_checkpoint(args.checkpoint)
     config = prediction_config(args, checkpoint)
     device = select_device(args.device)
+    if args.face_settings:
+        build_face_detector(args.face_settings)  # a missing dlib or model file stops here, before any video
     entries, list_errors = expand_inputs(args.inputs, config)
     errors = []
     for message in list_errors:

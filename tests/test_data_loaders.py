@@ -5,6 +5,8 @@ import os
 import shutil
 from collections import Counter
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
@@ -12,9 +14,10 @@ from torch.utils.data import DistributedSampler
 from conftest import tiny_config
 from datasets import build_dataloaders
 from datasets.build import split_validation
-from datasets.decoding import VideoReadError
+from datasets.annotations import AnnotationEntry
+from datasets.decoding import VideoReadError, open_video
 from datasets.samplers import ExactSplitSampler
-from datasets.synthetic import generate_synthetic_dataset
+from datasets.synthetic import generate_synthetic_dataset, write_frame_folder
 from utils.engine import start_loader_epoch
 
 NUM_CLASSES = 7
@@ -232,3 +235,35 @@ def test_skip_bad_completes_the_epoch_and_counts_the_replacements(dataset_roots,
     assert len(replaced) == 3 and all(list_file in message for message in replaced)
     totals = [r.getMessage() for r in caplog.records if 'samples of this pass were replaced' in r.getMessage()]
     assert len(totals) == 2 and totals[0].startswith('3 samples')
+
+
+def test_a_folder_of_unpadded_frame_names_is_read_in_the_configured_order(tmp_path):
+    folder = tmp_path / 'clip'
+    write_frame_folder(str(folder), np.stack([np.full((16, 16, 3), 20 * i, np.uint8) for i in range(11)]))
+    for name in os.listdir(folder):  # 0.jpg .. 10.jpg in the writer's order; make sure they are unpadded
+        number = int(os.path.splitext(name)[0])
+        os.rename(folder / name, folder / f'frame_{number}.jpg')
+    entry = AnnotationEntry(str(folder), None, 0, 'list.txt', 1)
+    levels = {order: open_video(entry, order).read(range(11))[:, 0, 8, 8].tolist()
+              for order in ('natural', 'lexicographic')}
+    # natural: frame_0, frame_1, ..., frame_10; as strings: frame_0, frame_1, frame_10, frame_2, ...
+    expected_lexicographic = [0, 1, 10, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [round(level / 20) for level in levels['natural']] == list(range(11))
+    assert [round(level / 20) for level in levels['lexicographic']] == expected_lexicographic
+
+
+def test_a_still_image_is_refused_as_not_a_video(tmp_path):
+    write_frame_folder(str(tmp_path / 'frames'), np.zeros((1, 16, 16, 3), np.uint8))
+    photo = tmp_path / 'frames' / '000.jpg'
+    with pytest.raises(VideoReadError, match=rf'list.txt:3: {photo}: a still image, not a video'):
+        open_video(AnnotationEntry(str(photo), None, 0, 'list.txt', 3))
+
+
+def test_png_frame_folders_are_read_beside_decord(tmp_path):
+    # decord's own zlib must not take over the PNG decoding (datasets/decoding.py imports it last)
+    folder = tmp_path / 'clip'
+    folder.mkdir()
+    for index in range(3):
+        assert cv2.imwrite(str(folder / f'{index}.png'), np.full((16, 16, 3), 40 * index, np.uint8))
+    frames = open_video(AnnotationEntry(str(folder), None, 0, 'list.txt', 1)).read([0, 1, 2])
+    assert frames[:, :, 8, 8].tolist() == [[0] * 3, [40] * 3, [80] * 3]

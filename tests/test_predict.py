@@ -172,7 +172,8 @@ def test_list_predictions_agree_with_the_evaluation_engine(prediction, setup):
     config.DATA.VAL_FILE, config.TEST.ONLY_TEST = good_list, True
     config.freeze()
     text_tokens, _ = predict_script.class_prompt_tokens(config, torch.device('cpu'))
-    evaluation = evaluate(setup['model'], build_dataloaders(config).test, text_tokens, config, torch.device('cpu'))
+    evaluation = evaluate(setup['model'], build_dataloaders(config).test, text_tokens, config, torch.device('cpu'),
+                          amp_dtype=None)
     for row, video in zip(evaluation.indices.tolist(), prediction['json']['videos'][2:]):
         for head in HEADS:
             expected = evaluation.scores[head][row] / evaluation.scores[head][row].sum()
