@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from datasets.decoding import count_frames
+from datasets.decoding import count_frames, frame_names, orders_disagree
 from utils.errors import USER_ERROR_EXIT_STATUS, UserError
 from utils.files import atomic_write
 
@@ -118,16 +118,31 @@ def locate_clip(root, clips_dir, name):
 
 class ClipCounter:
     """Frame counts of clips (real image files of a folder, decord's length of a video), cached:
-    DFEW and MAFW name every clip in 5 folds."""
+    DFEW and MAFW name every clip in 5 folds. Also notes the frame folders whose names sort differently
+    as strings and as numbers (``unpadded``), where ``DATA.FRAME_ORDER`` decides the frame order."""
 
     def __init__(self, root):
         self.root = root
         self.counts = {}
+        self.unpadded = []
 
     def __call__(self, relative_path):
         if relative_path not in self.counts:
-            self.counts[relative_path] = count_frames(os.path.join(self.root, relative_path)) or 0
+            path = os.path.join(self.root, relative_path)
+            self.counts[relative_path] = count_frames(path) or 0
+            if os.path.isdir(path) and orders_disagree(frame_names(path)):
+                self.unpadded.append(relative_path)
         return self.counts[relative_path]
+
+
+def frame_order_report(unpadded, num_clips):
+    """What the lists' users must know about the frame names: one line for ``print``."""
+    if not unpadded:
+        return 'frame names sort the same as strings and as numbers: DATA.FRAME_ORDER makes no difference'
+    return (f'warning: in {len(unpadded)} of {num_clips} clips the frame names sort differently as strings '
+            f'and as numbers (not zero-padded; first: {unpadded[0]}). This project reads them in number '
+            f'order (DATA.FRAME_ORDER natural); the release sorted them as strings (DATA.FRAME_ORDER '
+            f'lexicographic): choose the key that matches how your frames were meant to be read.')
 
 
 def rows_from_split(split_file, args, clip_and_label, counter, missing):
@@ -157,11 +172,12 @@ def rows_from_split(split_file, args, clip_and_label, counter, missing):
     return rows
 
 
-def prepare_lists(split_files, args, clip_and_label, num_classes):
+def prepare_lists(split_files, args, clip_and_label, num_classes, class_names=None, output=None):
     """Build, check and write the lists of ``{list name: split file}``; returns the exit status.
 
     Every clip must exist (else an error listing the missing ones, unless ``--skip-missing``); the
-    lists go to ``args.output`` and a per-class count table is printed.
+    lists go to ``output`` (default ``args.output``) and a per-class count table is printed, its rows
+    named by ``class_names`` (default: the project's first ``num_classes`` classes).
     """
     counter, missing = ClipCounter(args.root), []
     try:
@@ -174,7 +190,8 @@ def prepare_lists(split_files, args, clip_and_label, num_classes):
         return USER_ERROR_EXIT_STATUS
     if missing:
         print(f'left out {len(missing)} clips that are not on disk (--skip-missing)')
-    write_lists(lists, args.output, num_classes)
+    write_lists(lists, output or args.output, num_classes, class_names)
+    print(frame_order_report(counter.unpadded, len(counter.counts)))
     return 0
 
 
@@ -193,16 +210,19 @@ def write_list(path, rows):
         f.writelines(f'{row.path} {row.num_frames} {row.label}\n' for row in rows)
 
 
-def class_count_table(lists, num_classes):
-    """A per-class count table of ``{list name: rows}``, one column per list."""
+def class_count_table(lists, num_classes, class_names=None):
+    """A per-class count table of ``{list name: rows}``, one column per list; rows named by
+    ``class_names`` (default: the project's classes)."""
+    class_names = class_names or PROJECT_CLASSES
+    label_width = max(20, *(len(f'{index} {name} ') for index, name in enumerate(class_names[:num_classes])))
     names = list(lists)
     counts = {name: Counter(row.label for row in rows) for name, rows in lists.items()}
     width = max(12, *(len(name) for name in names))
-    lines = ['class'.ljust(20) + ''.join(name.rjust(width + 1) for name in names)]
+    lines = ['class'.ljust(label_width) + ''.join(name.rjust(width + 1) for name in names)]
     for index in range(num_classes):
-        label = f'{index} {PROJECT_CLASSES[index]}'.ljust(20)
+        label = f'{index} {class_names[index]}'.ljust(label_width)
         lines.append(label + ''.join(str(counts[name][index]).rjust(width + 1) for name in names))
-    lines.append('total'.ljust(20) + ''.join(str(len(lists[name])).rjust(width + 1) for name in names))
+    lines.append('total'.ljust(label_width) + ''.join(str(len(lists[name])).rjust(width + 1) for name in names))
     return '\n'.join(lines)
 
 
@@ -225,7 +245,7 @@ def _add_arguments(parser, clips_dir, split_dir, numeric_labels):
 
 
 def parse_preparation_arguments(argv, module, description, num_classes, clips_dir, split_dir,
-                                numeric_labels=False):
+                                numeric_labels=False, add_arguments=None):
     """The command line of a preparation script.
 
     Args:
@@ -236,6 +256,7 @@ def parse_preparation_arguments(argv, module, description, num_classes, clips_di
         clips_dir: default ``--clips-dir``, relative to ``--root``.
         split_dir: default ``--split-dir``, relative to ``--root``.
         numeric_labels: offer ``--numeric-labels`` / ``--first-label``.
+        add_arguments: a function that adds the script's own options to the parser, or None.
 
     Returns:
         argparse.Namespace: with ``numeric_names``, the canonical class names of the numeric labels
@@ -244,6 +265,8 @@ def parse_preparation_arguments(argv, module, description, num_classes, clips_di
     parser = argparse.ArgumentParser(prog=f'python -m {module}', description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser, clips_dir, split_dir, numeric_labels)
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     args.numeric_names, args.first_label = None, getattr(args, 'first_label', 0)
     if getattr(args, 'numeric_labels', None) is not None:
@@ -254,12 +277,13 @@ def parse_preparation_arguments(argv, module, description, num_classes, clips_di
     return args
 
 
-def write_lists(lists, output, num_classes):
-    """Write ``{name: rows}`` as ``output/<name>.txt`` and print the per-class summary."""
+def write_lists(lists, output, num_classes, class_names=None):
+    """Write ``{name: rows}`` as ``output/<name>.txt`` and print the per-class summary (rows named by
+    ``class_names``, default the project's classes)."""
     os.makedirs(output, exist_ok=True)
     for name, rows in lists.items():
         write_list(os.path.join(output, f'{name}.txt'), rows)
-    print(class_count_table(lists, num_classes))
+    print(class_count_table(lists, num_classes, class_names))
     print(f'wrote {len(lists)} lists to {output}')
 
 

@@ -14,8 +14,9 @@ every other run is started with ``TRAIN.AUTO_RESUME True``, so an interrupted on
 - ``submitit-local``: the same jobs as processes on this machine (submitit's local executor), to try
   the SLURM path without a cluster.
 
-Then ``log/<DATASET>/results.md`` and ``results.csv`` are written (``scripts/summarize.py``); with
-``--launcher slurm`` only once nothing is left to wait for (``--wait`` waits for the jobs).
+Then ``log/<DATASET>/results.md``, ``results.csv`` and ``results.png`` are written
+(``scripts/summarize.py``); with ``--launcher slurm`` only once nothing is left to wait for (``--wait``
+waits for the jobs).
 
 Usage, from the repository root::
 
@@ -38,14 +39,14 @@ from typing import NamedTuple
 import submitit
 
 import main as training
-from scripts.summarize import Run, run_name, write_campaign_results
+from scripts.summarize import RESULTS_PICTURE, Run, run_name, write_campaign_results
 from utils.checkpoint import LAST_CHECKPOINT
 from utils.errors import InputFileError, UserError, run_command
 from utils.reporting import final_record
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ('dfew', 'ferv39k', 'mafw', 'synthetic')
+DATASETS = ('dfew', 'ferv39k', 'mafw', 'mafw_compound', 'synthetic')
 LAUNCHERS = ('local', 'slurm', 'submitit-local')
 # submitit's cluster of each launcher that submits jobs.
 SUBMITIT_CLUSTERS = {'slurm': 'slurm', 'submitit-local': 'local'}
@@ -277,7 +278,8 @@ def write_table(planned, args):
                                                      args.which, args.head)
     with open(markdown_path, encoding='utf-8') as f:
         print(f.read())
-    print('written:', markdown_path, csv_path, flush=True)
+    print('written:', markdown_path, csv_path, os.path.join(os.path.dirname(markdown_path), RESULTS_PICTURE),
+          flush=True)
 
 
 def main(argv=None):

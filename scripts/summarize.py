@@ -1,10 +1,14 @@
 """Build the results table of a benchmark campaign (folds x seeds) from its output folders.
 
 Reads the ``final`` record of each run's ``metrics.jsonl`` and writes ``log/<DATASET>/results.md`` and
-``results.csv``: per fold, UAR and WAR as the mean ± standard deviation over seeds; an Avg row, the mean
-over folds with the standard deviation over seeds of the per-seed means over folds; the published
-figures beside ours with the difference; how many runs are behind each cell; the runs still missing,
-by name; and the per-class recall (means over seeds) in the layout of the official README.
+``results.csv``: per fold, UAR, UAR_release and WAR as the mean ± standard deviation over seeds; an Avg
+row, the mean over folds with the standard deviation over seeds of the per-seed means over folds; the
+published figures beside ours with the difference, UAR_release against the published UAR (both computed
+the release's way, docs/data.md section 15); how many runs are behind each cell; the runs still missing,
+by name; and the per-class recall (means over seeds) in the layout of the official README, over the whole
+test list and as the release computed it. Beside them, ``results.png`` draws UAR, UAR_release and WAR per
+fold: each seed's figure, the mean ± standard deviation over seeds, and the published figures (the
+published UAR on the UAR_release panel, the two being computed the same way).
 
 A run is a folder ``<root>/<dataset>/fold<k>/seed<s>`` (a campaign with ``--seeds``) or
 ``<root>/<dataset>/fold<k>`` (one seed). Usage, from the repository root::
@@ -23,6 +27,7 @@ import statistics
 from typing import NamedTuple, Optional
 
 from utils.errors import UserError, run_command
+from utils.plots import plot_campaign_results
 from utils.reporting import PUBLISHED_CLASS_HEADERS, final_record, format_recall
 
 logger = logging.getLogger(__name__)
@@ -32,8 +37,15 @@ class SummaryError(UserError, ValueError):
     """Nothing to summarise where the command points; the message names the folder."""
 
 
-DATASET_TITLES = {'dfew': 'DFEW', 'ferv39k': 'FERV39K', 'mafw': 'MAFW', 'synthetic': 'SYNTHETIC'}
-METRICS = ('UAR', 'WAR')
+DATASET_TITLES = {'dfew': 'DFEW', 'ferv39k': 'FERV39K', 'mafw': 'MAFW', 'mafw_compound': 'MAFW_COMPOUND',
+                  'synthetic': 'SYNTHETIC'}
+# The picture beside results.md.
+RESULTS_PICTURE = 'results.png'
+# Why a benchmark has no published figures, where the table should say so.
+UNPUBLISHED = {'mafw_compound': "DK-CLIP was not published on MAFW's 43-class compound protocol."}
+METRICS = ('UAR', 'UAR_release', 'WAR')
+# Our figure compared with each published one: the release's UAR with the published UAR, WAR with WAR.
+COMPARED = ('UAR_release', 'WAR')
 # The official release's (UAR, WAR) in percent, one run per fold (docs/data.md, section 14; FERV39K
 # has one split). The synthetic benchmark has none.
 PUBLISHED = {
@@ -141,8 +153,21 @@ def mean_or_none(values):
     return sum(present) / len(present) if present else None
 
 
+def metric_values(reports, metric):
+    """The ``metric`` of every report; empty when a report lacks it (a run older than the metric)."""
+    values = [report.get(metric) for report in reports]
+    return [] if None in values else values
+
+
+def mean_recall(reports, key):
+    """Per-class means over the reports of their ``key`` recall list (None where no report has one)."""
+    lists = [report[key] for report in reports if report.get(key) is not None]
+    return [mean_or_none(column) for column in zip(*lists)]
+
+
 def fold_row(label, runs, reports, num_classes):
-    """One fold's row: mean ± std over its finished runs (seeds) of UAR and WAR, and the mean recall.
+    """One fold's row: mean ± std over its finished runs (seeds) of each metric, and the mean recalls
+    (over the whole list, and the release's mean over shards).
 
     Args:
         label: the fold label.
@@ -151,9 +176,10 @@ def fold_row(label, runs, reports, num_classes):
         num_classes: length of the recall column (all None for a fold without results).
     """
     finished = [reports[run] for run in runs if run in reports]
-    recall = [mean_or_none(column) for column in zip(*(report['per_class_recall'] for report in finished))]
-    row = {'label': label, 'runs': len(finished), 'planned': len(runs), 'recall': recall or [None] * num_classes}
-    row.update({metric: mean_and_std([report[metric] for report in finished]) for metric in METRICS})
+    row = {'label': label, 'runs': len(finished), 'planned': len(runs)}
+    for name, key in (('recall', 'per_class_recall'), ('recall_release', 'per_class_recall_release')):
+        row[name] = mean_recall(finished, key) or [None] * num_classes
+    row.update({metric: mean_and_std(metric_values(finished, metric)) for metric in METRICS})
     return row
 
 
@@ -162,7 +188,7 @@ def seed_means(runs, reports, metric):
     folds = {run.fold for run in runs if run in reports}
     by_seed = {}
     for run in runs:
-        if run in reports:
+        if run in reports and reports[run].get(metric) is not None:
             by_seed.setdefault(run.seed, {})[run.fold] = reports[run][metric]
     return {seed: statistics.fmean(values.values()) for seed, values in by_seed.items()
             if set(values) == folds}
@@ -173,10 +199,12 @@ def average_row(fold_rows, runs, reports):
     over folds (the seed-to-seed spread of the figure a paper reports)."""
     rows = [row for row in fold_rows if row['runs']]
     average = {'label': AVERAGE_LABEL, 'runs': sum(row['runs'] for row in rows),
-               'planned': sum(row['planned'] for row in fold_rows),
-               'recall': [mean_or_none(column) for column in zip(*(row['recall'] for row in rows))]}
+               'planned': sum(row['planned'] for row in fold_rows)}
+    for name in ('recall', 'recall_release'):
+        average[name] = [mean_or_none(column) for column in zip(*(row[name] for row in rows))]
     for metric in METRICS:
-        mean = mean_or_none([row[metric][0] for row in rows])
+        means = [row[metric][0] for row in rows]
+        mean = None if None in means else mean_or_none(means)
         average[metric] = (mean, mean_and_std(seed_means(runs, reports, metric).values())[1])
     return average
 
@@ -217,18 +245,19 @@ def format_difference(ours, published):
 
 
 def summary_cells(row):
-    """The formatted cells of a summary row: label, runs, UAR, WAR, published UAR / WAR, differences."""
+    """The formatted cells of a summary row: label, runs, UAR, UAR_release, WAR, published UAR / WAR,
+    differences (UAR_release and WAR minus the published figures)."""
     published = row['published'] or (None, None)
-    means = [row[metric][0] for metric in METRICS]
+    means = [row[metric][0] for metric in COMPARED]
     return ([row['label'], f'{row["runs"]}/{row["planned"]}']
             + [format_mean_std(row[metric]) for metric in METRICS]
             + [format_recall(value) for value in published]
             + [format_difference(mean, value) for mean, value in zip(means, published)])
 
 
-def recall_cells(row):
+def recall_cells(row, recall='recall', uar='UAR'):
     """The formatted cells of a per-class row: label, per-class recalls, UAR, WAR (means)."""
-    values = row['recall'] + [row[metric][0] for metric in METRICS]
+    values = row[recall] + [row[uar][0], row['WAR'][0]]
     return [row['label']] + [format_recall(value) for value in values]
 
 
@@ -247,14 +276,19 @@ def missing_lines(missing):
 
 
 def markdown_report(title, class_names, rows, missing, description):
-    """``results.md``: the campaign table, the missing runs, and the per-class table."""
-    headers = ['Fold', 'Runs', 'UAR', 'WAR', 'Published UAR', 'Published WAR', 'Δ UAR', 'Δ WAR']
-    class_headers = [PUBLISHED_CLASS_HEADERS.get(name, name) for name in class_names]
+    """``results.md``: the campaign table, the missing runs, and the per-class tables."""
+    headers = ['Fold', 'Runs', 'UAR', 'UAR_release', 'WAR', 'Published UAR', 'Published WAR', 'Δ UAR_release',
+               'Δ WAR']
+    class_headers = ['Fold'] + [PUBLISHED_CLASS_HEADERS.get(name, name) for name in class_names]
     lines = [f'### {title}', '', description, '']
     lines += markdown_rows(headers, [summary_cells(row) for row in rows])
     lines += missing_lines(missing)
-    lines += ['', 'Per-class recall, UAR and WAR in percent, means over seeds:', '']
-    lines += markdown_rows(['Fold'] + class_headers + list(METRICS), [recall_cells(row) for row in rows])
+    lines += ['', 'Per-class recall, UAR and WAR in percent over the whole test list, means over seeds:', '']
+    lines += markdown_rows(class_headers + ['UAR', 'WAR'], [recall_cells(row) for row in rows])
+    lines += ['', 'The same as the release computed it (the layout of the published per-class tables): each '
+              'recall and UAR the mean over the test list\'s stride shards, means over seeds:', '']
+    lines += markdown_rows(class_headers + ['UAR_release', 'WAR'],
+                           [recall_cells(row, 'recall_release', 'UAR_release') for row in rows])
     return '\n'.join(lines) + '\n'
 
 
@@ -263,30 +297,61 @@ def csv_rows(class_names, rows):
     def number(value):
         return '' if value is None else f'{value:.2f}'
 
-    header = (['fold', 'runs', 'planned_runs', 'UAR_mean', 'UAR_std', 'WAR_mean', 'WAR_std', 'published_UAR',
-               'published_WAR', 'delta_UAR', 'delta_WAR'] + class_names)
+    header = (['fold', 'runs', 'planned_runs']
+              + [f'{metric}_{part}' for metric in METRICS for part in ('mean', 'std')]
+              + ['published_UAR', 'published_WAR', 'delta_UAR_release', 'delta_WAR'] + class_names
+              + [f'{name}_release' for name in class_names])
     table = [header]
     for row in rows:
         published = row['published'] or (None, None)
-        means = [row[metric][0] for metric in METRICS]
+        means = [row[metric][0] for metric in COMPARED]
         deltas = [None if None in (mean, value) else mean - value for mean, value in zip(means, published)]
         table.append([row['label'], row['runs'], row['planned']]
                      + [number(value) for metric in METRICS for value in row[metric]]
-                     + [number(value) for value in (*published, *deltas, *row['recall'])])
+                     + [number(value) for value in (*published, *deltas, *row['recall'], *row['recall_release'])])
     return table
+
+
+def picture_values(runs, reports, rows):
+    """What :func:`utils.plots.plot_campaign_results` draws: metric -> row label -> per-seed values (the
+    Avg row: each seed's mean over folds, as in the table), and metric -> row label -> published figure."""
+    values = {}
+    for metric in METRICS:
+        by_fold = {row['label']: [reports[run][metric] for run in runs if run.fold == row['label']
+                                  and run in reports and reports[run].get(metric) is not None]
+                   for row in rows[:-1]}
+        by_fold[AVERAGE_LABEL] = list(seed_means(runs, reports, metric).values())
+        values[metric] = by_fold
+    published = {metric: {row['label']: row['published'] and row['published'][position] for row in rows}
+                 for metric, position in (('UAR_release', 0), ('WAR', 1))}
+    return values, published
+
+
+def write_results_picture(path, runs, reports, rows, title, which, head):
+    """``results.png``: per fold, each seed's UAR, UAR_release and WAR, their mean ± std, and the
+    published figures (the published UAR beside UAR_release: both the mean of the shards' UARs)."""
+    values, published = picture_values(runs, reports, rows)
+    note = 'published UAR marked on UAR_release (both computed per shard)' if any(
+        value is not None for value in published['WAR'].values()) else 'no published figures'
+    return plot_campaign_results(values, published, [row['label'] for row in rows], path,
+                                 f'{title}: {head} head, {which} epoch; {note}')
 
 
 def table_description(which, head, dataset):
     """The paragraph above the table: what each cell is."""
     published = ('Published: the official release, one run per fold (Avg: over the same folds); '
-                 'Δ: ours minus published.' if dataset in PUBLISHED else 'No published figures for this dataset.')
-    return (f'UAR and WAR in percent of the {head} head at the {which} epoch of each run. Fold rows: mean ± '
+                 'Δ: ours minus published, UAR_release against the published UAR.' if dataset in PUBLISHED
+                 else f'No published figures for this dataset. {UNPUBLISHED.get(dataset, "")}'.strip())
+    return (f'UAR, UAR_release and WAR in percent of the {head} head at the {which} epoch of each run. UAR: '
+            f'over the whole test list; UAR_release: the mean of the UARs of the test list\'s stride shards, '
+            f'as the release computed its published UAR (docs/data.md, section 15). Fold rows: mean ± '
             f'standard deviation (n - 1) over seeds. Avg: mean over folds ± standard deviation over seeds of '
             f'the per-seed mean over folds (seeds finished in every fold). Runs: finished / planned. {published}')
 
 
 def write_campaign_results(runs, out_dir=None, which='best', head='global'):
-    """Write ``results.md`` and ``results.csv`` for a campaign's runs (finished or not).
+    """Write ``results.md``, ``results.csv`` and the picture ``results.png`` for a campaign's runs
+    (finished or not).
 
     Args:
         runs: the planned runs (``Run``), in row order; unfinished ones are named as missing.
@@ -295,7 +360,7 @@ def write_campaign_results(runs, out_dir=None, which='best', head='global'):
         head: ``global`` (as published), ``local`` or ``fused``.
 
     Returns:
-        (path of results.md, path of results.csv).
+        (path of results.md, path of results.csv); ``results.png`` is written beside them.
 
     Raises:
         ValueError: no run has finished (nothing to tabulate), or a finished run lacks the head.
@@ -319,6 +384,8 @@ def write_campaign_results(runs, out_dir=None, which='best', head='global'):
                                 table_description(which, head, dataset)))
     with open(csv_path, 'w', newline='', encoding='utf-8') as f:
         csv.writer(f).writerows(csv_rows(class_names, rows))
+    write_results_picture(os.path.join(out_dir, RESULTS_PICTURE), runs, reports, rows, dataset_title(dataset),
+                          which, head)
     return markdown_path, csv_path
 
 
@@ -338,7 +405,7 @@ def main(argv=None):
     paths = write_campaign_results(runs_from_paths(args.paths), args.out_dir or None, args.which, args.head)
     with open(paths[0], encoding='utf-8') as f:
         print(f.read())
-    print('written:', *paths)
+    print('written:', *paths, os.path.join(os.path.dirname(paths[0]), RESULTS_PICTURE))
     return paths
 
 

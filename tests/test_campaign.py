@@ -93,9 +93,11 @@ def test_shipped_synthetic_folds_are_the_demo_on_other_lists(fold):
 # The campaign table
 # ----------------------------------------------------------------------------------------------------
 def write_run(folder, uar, war, recall=None, dataset='dfew', finished=True):
-    """A fake run folder: an eval record and (if finished) the final record with these figures."""
+    """A fake run folder: an eval record and (if finished) the final record with these figures; the
+    release's UAR (mean over the shards) 0.3 below ``uar``."""
     os.makedirs(folder, exist_ok=True)
-    report = {'UAR': uar, 'WAR': war, 'per_class_recall': recall or [uar] * 7, 'confusion_matrix': []}
+    report = {'UAR': uar, 'WAR': war, 'per_class_recall': recall or [uar] * 7, 'confusion_matrix': [],
+              'UAR_release': uar - 0.3, 'per_class_recall_release': [uar - 0.3] * 7}
     heads = {'global': report, 'local': dict(report, UAR=0.0, WAR=0.0)}
     records = [{'type': 'eval', 'epoch': 0, 'split': 'test', 'heads': heads}]
     if finished:
@@ -156,8 +158,10 @@ def test_a_single_seed_shows_its_figures_without_a_spread(tmp_path):
     markdown_path, csv_path = summarize.write_campaign_results([summarize.run_from_folder(str(tmp_path / 'fold1'))],
                                                                str(tmp_path / 'log'))
     row = read_csv_rows(csv_path)['Avg']
-    assert (row['UAR_mean'], row['UAR_std'], row['published_UAR'], row['delta_UAR']) == ('41.00', '', '41.84', '-0.84')
-    assert '| 1 | 1/1 | 41.00 | 52.00 | 41.84 | 52.37 | -0.84 | -0.37 |' in open(markdown_path).read()
+    assert (row['UAR_mean'], row['UAR_std'], row['UAR_release_mean'], row['published_UAR']) == \
+        ('41.00', '', '40.70', '41.84')
+    assert row['delta_UAR_release'] == '-1.14'  # the release's UAR against the published one
+    assert '| 1 | 1/1 | 41.00 | 40.70 | 52.00 | 41.84 | 52.37 | -1.14 | -0.37 |' in open(markdown_path).read()
     write_run(tmp_path / 'fold2', 1.0, 1.0, finished=False)
     with pytest.raises(ValueError, match='no finished run'):
         summarize.main([str(tmp_path / 'fold2')])

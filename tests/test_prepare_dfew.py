@@ -67,3 +67,17 @@ def test_class_name_labels_and_missing_clips(tmp_path, capsys):
     split.write_text('video_name,label\n1,grumpy\n')
     assert prepare_dfew.main(['--root', str(tmp_path), '--output', str(output)]) == 2
     assert f"{split}:2: unknown class name 'grumpy'" in capsys.readouterr().err
+
+
+def test_frame_names_that_sort_differently_as_strings_are_reported(tmp_path, capsys):
+    make_dfew(tmp_path)
+    argv = ['--root', str(tmp_path), '--output', str(tmp_path / 'lists')]
+    assert prepare_dfew.main(argv) == 0
+    assert 'sort the same as strings and as numbers' in capsys.readouterr().out  # 000.jpg, 001.jpg, ...
+    folder = tmp_path / 'Clip' / 'clip_224x224' / '00007'
+    for name in os.listdir(folder):
+        os.rename(folder / name, folder / f'{int(name[:3])}.jpg')  # 0.jpg .. 10.jpg: 10 before 2 as strings
+    assert prepare_dfew.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'warning: in 1 of 8 clips' in printed and 'Clip/clip_224x224/00007' in printed
+    assert 'DATA.FRAME_ORDER' in printed

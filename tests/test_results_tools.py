@@ -1,9 +1,8 @@
 """The fold runner (dry run), the results table from fold folders, and the shipped benchmark configs."""
 import argparse
+import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -14,8 +13,12 @@ from utils.labels import REPOSITORY_ROOT, read_label_csv
 CLASS_NAMES = ['happiness', 'sadness', 'neutral', 'anger', 'surprise', 'disgust', 'fear']
 
 
-def heads_with(recall, uar, war):
+def heads_with(recall, uar, war, release=None):
+    """Head reports; ``release`` = (per-class recall, UAR) as the release computes them, or None for a
+    run written before UAR_release existed."""
     report = {'UAR': uar, 'WAR': war, 'per_class_recall': recall, 'confusion_matrix': []}
+    if release is not None:
+        report.update(per_class_recall_release=release[0], UAR_release=release[1])
     return {'global': report, 'local': dict(report, UAR=0.0, WAR=0.0)}
 
 
@@ -31,36 +34,52 @@ def write_run(folder, best, last=None, finished=True):
 
 
 EXPECTED_TABLE = """\
-| Fold | Runs | UAR | WAR | Published UAR | Published WAR | Δ UAR | Δ WAR |
-|:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
-| 1 | 1/1 | 63.33 | 75.50 | 63.29 | 76.21 | +0.04 | -0.71 |
-| 2 | 1/1 | 47.14 | 60.25 | 63.01 | 73.22 | -15.87 | -12.97 |
-| Avg | 2/2 | 55.24 | 67.88 | 63.15 | 74.72 | -7.91 | -6.84 |
+| Fold | Runs | UAR | UAR_release | WAR | Published UAR | Published WAR | Δ UAR_release | Δ WAR |
+|:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
+| 1 | 1/1 | 63.33 | 63.00 | 75.50 | 63.29 | 76.21 | -0.29 | -0.71 |
+| 2 | 1/1 | 47.14 | 47.50 | 60.25 | 63.01 | 73.22 | -15.51 | -12.97 |
+| Avg | 2/2 | 55.24 | 55.25 | 67.88 | 63.15 | 74.72 | -7.90 | -6.84 |
 
-Per-class recall, UAR and WAR in percent, means over seeds:
+Per-class recall, UAR and WAR in percent over the whole test list, means over seeds:
 
 | Fold | Happy | Sad | Neutral | Angry | Surprise | Disgust | Fear | UAR | WAR |
 |:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
 | 1 | 90.00 | 80.00 | 70.00 | 60.00 | 50.00 | - | 30.00 | 63.33 | 75.50 |
 | 2 | 80.00 | 70.00 | 60.00 | 50.00 | 40.00 | 20.00 | 10.00 | 47.14 | 60.25 |
 | Avg | 85.00 | 75.00 | 65.00 | 55.00 | 45.00 | 20.00 | 20.00 | 55.24 | 67.88 |
+
+The same as the release computed it (the layout of the published per-class tables): each recall and UAR \
+the mean over the test list's stride shards, means over seeds:
+
+| Fold | Happy | Sad | Neutral | Angry | Surprise | Disgust | Fear | UAR_release | WAR |
+|:-----|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|:-----:|
+| 1 | 91.00 | 79.00 | 70.00 | 60.00 | 50.00 | - | 28.00 | 63.00 | 75.50 |
+| 2 | 80.00 | 70.00 | 60.00 | 50.00 | 40.00 | 22.50 | 10.00 | 47.50 | 60.25 |
+| Avg | 85.50 | 74.50 | 65.00 | 55.00 | 45.00 | 22.50 | 19.00 | 55.25 | 67.88 |
 """
 
 
 def test_summarize_builds_the_published_table(tmp_path):
-    write_run(tmp_path / 'fold1', heads_with([90., 80., 70., 60., 50., None, 30.], 63.333333, 75.5))
-    write_run(tmp_path / 'fold2', heads_with([80., 70., 60., 50., 40., 20., 10.], 47.142857, 60.25),
+    write_run(tmp_path / 'fold1', heads_with([90., 80., 70., 60., 50., None, 30.], 63.333333, 75.5,
+                                             release=([91., 79., 70., 60., 50., None, 28.], 63.0)))
+    write_run(tmp_path / 'fold2', heads_with([80., 70., 60., 50., 40., 20., 10.], 47.142857, 60.25,
+                                             release=([80., 70., 60., 50., 40., 22.5, 10.], 47.5)),
               last=heads_with([0.] * 7, 1.0, 2.0))
     out_dir = tmp_path / 'log'
     markdown_path, csv_path = summarize.main([str(tmp_path / 'fold1'), str(tmp_path / 'fold2'),
                                               '--out-dir', str(out_dir)])
     markdown = open(markdown_path).read()
     assert markdown.startswith('### DFEW\n') and markdown.endswith(EXPECTED_TABLE)
-    rows = open(csv_path).read().splitlines()
-    assert rows[0].endswith(',' + ','.join(CLASS_NAMES))
-    assert rows[3].startswith('Avg,2,2,55.24,,67.88,,63.15,74.72,-7.91,-6.84,85.00,75.00')
+    average = list(csv.DictReader(open(csv_path)))[-1]
+    assert (average['fold'], average['runs'], average['UAR_mean'], average['UAR_release_mean']) == \
+        ('Avg', '2', '55.24', '55.25')
+    assert (average['delta_UAR_release'], average['delta_WAR'], average['happiness'], average['fear_release']) == \
+        ('-7.90', '-6.84', '85.00', '19.00')
     summarize.main([str(tmp_path / 'fold2'), '--which', 'last', '--out-dir', str(out_dir)])
-    assert '| 2 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 1.00 | 2.00 |' in open(markdown_path).read()
+    last_table = open(markdown_path).read()
+    assert '| 2 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 1.00 | 2.00 |' in last_table
+    # a run written before UAR_release existed: no release figure, and no difference claimed
+    assert '| 2 | 1/1 | 1.00 | - | 2.00 | 63.01 | 73.22 | - | -71.22 |' in last_table
 
 
 def test_summarize_names_an_unfinished_folder(tmp_path):
@@ -96,11 +115,10 @@ def test_run_folds_dry_run_prints_what_it_would_run(tmp_path, capsys):
     assert not any(line.startswith('written:') for line in printed)  # a dry run writes no table
 
 
-def test_run_folds_module_lists_the_shipped_dfew_folds(tmp_path):
-    result = subprocess.run([sys.executable, '-m', 'scripts.run_folds', '--dataset', 'dfew', '--dry-run',
-                             '--output-root', str(tmp_path)], cwd=REPOSITORY_ROOT,
-                            capture_output=True, text=True, check=True)
-    commands = [line for line in result.stdout.splitlines() if 'main.py' in line]
+def test_run_folds_lists_the_shipped_dfew_folds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPOSITORY_ROOT)  # the shipped configs, named as from the repository root
+    run_folds.main(['--dataset', 'dfew', '--dry-run', '--output-root', str(tmp_path)])
+    commands = [line for line in capsys.readouterr().out.splitlines() if 'main.py' in line]
     assert [command.split('--config ')[1].split()[0] for command in commands] == \
         [f'configs/dfew/fold{fold}.yaml' for fold in range(1, 6)]
 

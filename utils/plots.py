@@ -8,6 +8,7 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from utils.files import atomic_write
 
@@ -200,3 +201,99 @@ def plot_prediction(frames, relevance, erased, probabilities, class_names, path,
     chart.set_xlim(0, 1)
     figure.suptitle(title, fontsize=8)
     return save_figure(figure, path, dpi=PREDICTION_DPI)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark pictures: a campaign's folds and seeds, cross-dataset transfer
+# ----------------------------------------------------------------------------------------------------
+SEED_COLOUR = 'tab:blue'
+PUBLISHED_COLOUR = 'tab:red'
+# Horizontal spread of a row's seed points, in x units, so that equal values stay visible.
+SEED_JITTER = 0.15
+
+
+def _draw_seed_points(axes, position, values):
+    """One row's per-seed values as points, and their mean ± standard deviation (n - 1) as an error bar."""
+    values = np.asarray(values, dtype=float)
+    offsets = np.linspace(-SEED_JITTER, SEED_JITTER, len(values)) if len(values) > 1 else np.zeros(1)
+    axes.scatter(position + offsets, values, s=14, color=SEED_COLOUR, alpha=0.6, zorder=2)
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    axes.errorbar(position, values.mean(), yerr=spread, fmt='_', markersize=16, color='black', capsize=5,
+                  zorder=3)
+
+
+def _draw_metric_panel(axes, metric, values, published, row_labels):
+    """One metric of every row: seed points, mean ± std, and the published figure where there is one."""
+    for position, label in enumerate(row_labels):
+        if values.get(label):
+            _draw_seed_points(axes, position, values[label])
+        if published.get(label) is not None:
+            axes.scatter(position, published[label], marker='*', s=90, color=PUBLISHED_COLOUR, zorder=4)
+    axes.set(xticks=range(len(row_labels)), title=metric, xlim=(-0.6, len(row_labels) - 0.4), xlabel='fold')
+    axes.set_xticklabels(row_labels)
+    axes.grid(axis='y', alpha=0.3)
+
+
+def plot_campaign_results(values, published, row_labels, path, title=''):
+    """Draw a campaign's figures per fold: each seed's value (points), their mean ± standard deviation
+    (black bar) and the published figure (red star), one panel per metric; save the picture.
+
+    Args:
+        values: metric -> row label -> per-seed values (percent); a row without values draws no points.
+        published: metric -> row label -> the published figure or None (e.g. ``UAR_release`` -> the
+            published UAR, which the release computed the same way).
+        row_labels: the x positions, in order (fold labels, then ``Avg``).
+        path: the image file to write (``.png``).
+        title: the figure title.
+
+    Returns:
+        ``path``.
+    """
+    metrics = list(values)
+    figure = Figure(figsize=(1.6 + 0.55 * len(row_labels) * len(metrics), 3.8), layout='constrained')
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for axes, metric in zip(panels, metrics):
+        _draw_metric_panel(axes, metric, values[metric], published.get(metric, {}), row_labels)
+    panels[0].set_ylabel('percent')
+    legend = [Line2D([], [], marker='o', linestyle='', color=SEED_COLOUR, alpha=0.6, label='one seed'),
+              Line2D([], [], marker='_', markersize=12, color='black', label='mean ± std over seeds')]
+    if any(value is not None for figures in published.values() for value in figures.values()):
+        legend.append(Line2D([], [], marker='*', markersize=10, linestyle='', color=PUBLISHED_COLOUR,
+                             label='published'))
+    figure.legend(handles=legend, loc='outside lower center', ncols=len(legend), fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_transfer_grid(grids, row_labels, column_labels, path, title=''):
+    """Draw metrics as heatmaps of trained-on (rows) x tested-on (columns) pairs, one panel per metric;
+    save the picture.
+
+    Args:
+        grids: metric -> rows of values in percent (None: no figure, drawn as ``-``).
+        row_labels, column_labels: the names of the rows (trained on) and columns (tested on).
+        path: the image file to write (``.png``).
+        title: the figure title.
+
+    Returns:
+        ``path``.
+    """
+    width = 1.5 + 0.9 * len(column_labels)
+    figure = Figure(figsize=(width * len(grids) + 0.8, 1.4 + 0.6 * len(row_labels)), layout='constrained')
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, len(grids), squeeze=False)[0]
+    for axes, (metric, rows) in zip(panels, grids.items()):
+        table = np.array([[np.nan if value is None else value for value in row] for row in rows], dtype=float)
+        image = axes.imshow(np.ma.masked_invalid(table), cmap='Blues', vmin=0, vmax=100)
+        for (row, column), value in np.ndenumerate(table):
+            text = '-' if np.isnan(value) else f'{value:.1f}'
+            colour = 'white' if value > 60 else 'black'  # nan compares False: black
+            axes.text(column, row, text, ha='center', va='center', fontsize=8, color=colour)
+        axes.set(xticks=range(len(column_labels)), yticks=range(len(row_labels)), title=metric,
+                 xlabel='tested on', ylabel='trained on')
+        axes.set_xticklabels(column_labels, rotation=30, ha='right')
+        axes.set_yticklabels(row_labels)
+    figure.colorbar(image, ax=list(panels), label='%', shrink=0.8)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
