@@ -144,17 +144,8 @@ def image_preprocess(resolution):
 
 
 def load(name_or_path, device='cpu', jit=False):
-    """Load a CLIP model and its image preprocessing.
-
-    Args:
-        name_or_path: a name from :func:`available_models` (looked up in :func:`cache_dir`) or the path
-            of an OpenAI JIT archive or a state-dict file.
-        device: where to put the model.
-        jit: must be False; this package always builds an eager (fp32) model.
-
-    Returns:
-        (CLIP, preprocess): the model in eval mode and a torchvision transform for PIL images.
-    """
+    """(CLIP in eval mode, torchvision preprocessing for PIL images) of a known model name (looked up in
+    :func:`cache_dir`) or a weights file; ``jit`` must be False (the model is always eager fp32)."""
     if jit:
         raise ValueError('jit=True is not supported: this package builds an eager model from the weights')
     path = resolve_model_path(name_or_path)

@@ -1,10 +1,5 @@
-"""CLIP's building blocks, defined once and reused by the video model (``models/``).
-
-Parameter names and shapes follow OpenAI's CLIP so that its weights load unchanged; attention runs
-through ``F.scaled_dot_product_attention`` (fused kernels, no attention-weight matrix kept). All
-modules here take batch-first tensors ``[N, L, W]`` (OpenAI's code is sequence-first; the state dict
-does not depend on the layout).
-"""
+"""CLIP's building blocks under OpenAI's parameter names, reused by the video model; batch-first tensors
+``[N, L, W]`` (docs/model.md, section 3)."""
 from functools import partial
 
 import torch
@@ -19,15 +14,8 @@ NATIVE_16BIT_LAYER_NORM_DEVICES = ('cuda',)
 
 
 class LayerNorm(nn.LayerNorm):
-    """CLIP's fp32-safe LayerNorm: the statistics of fp16/bf16 activations are computed in fp32.
-
-    On CUDA, 16-bit inputs run PyTorch's native kernel, which already sums in fp32: one kernel instead of
-    CLIP's upcast, normalise, cast back, and autograd keeps the 16-bit input rather than an fp32 copy
-    (docs/performance.md, "16-bit LayerNorm in one CUDA kernel"). Its weight and bias are cast to the
-    input's dtype (the kernel takes no mixed dtypes) and autocast is off for the call (it would return
-    fp32). Other devices keep CLIP's recipe: the CPU kernel sums 16-bit weight and bias gradients in 16
-    bits.
-    """
+    """CLIP's fp32-safe LayerNorm: statistics of 16-bit activations in fp32 (on CUDA by the native 16-bit
+    kernel, elsewhere by upcasting; docs/model.md, section 15)."""
 
     def forward(self, x):
         if x.dtype not in (torch.float16, torch.bfloat16):
@@ -56,12 +44,8 @@ class QuickGELU(nn.Module):
 
 
 class MultiheadAttention(nn.Module):
-    """Packed-projection multi-head self-attention with ``nn.MultiheadAttention``'s parameter names.
-
-    Holds ``in_proj_weight`` [3W, W], ``in_proj_bias`` [3W] and ``out_proj`` (Linear W -> W), so a
-    state dict of ``nn.MultiheadAttention`` loads unchanged, and initialises them the way PyTorch does
-    (Xavier-uniform packed projection, zero biases).
-    """
+    """Multi-head self-attention through ``scaled_dot_product_attention``, with the parameter names and
+    initialisation of ``nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``, ``out_proj``)."""
 
     def __init__(self, width, num_heads):
         super().__init__()
@@ -85,12 +69,8 @@ class MultiheadAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """CLIP's MLP ``c_proj(QuickGELU(c_fc(x)))`` (W -> 4W -> W), under OpenAI's names.
-
-    Computed as ``SiLU(1.702 h) / 1.702 = QuickGELU(h)``, the 1.702 folded into the weights: the same
-    function, but the 4W-wide activation goes through one fused kernel and autograd keeps two 4W tensors
-    instead of three (docs/performance.md, "CLIP's MLP as SiLU").
-    """
+    """CLIP's MLP ``c_proj(QuickGELU(c_fc(x)))`` (W -> 4W -> W), computed as SiLU with the 1.702 folded
+    into the weights (docs/performance.md, "CLIP's MLP as SiLU")."""
 
     def __init__(self, width, hidden_ratio=4):
         super().__init__()
@@ -103,15 +83,8 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
-
-    Args:
-        width: token width W.
-        num_heads: attention heads.
-        drop_path: stochastic-depth rate of both residual branches.
-        norm_layer: LayerNorm class (CLIP's fp32 LayerNorm by default; ``nn.LayerNorm`` for msim).
-        is_causal: causal self-attention (the text encoder).
-    """
+    """Pre-LN transformer block ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``, with stochastic depth
+    ``drop_path`` on both branches."""
 
     def __init__(self, width, num_heads, drop_path=0.0, norm_layer=LayerNorm, is_causal=False):
         super().__init__()
@@ -135,18 +108,9 @@ def drop_path_rates(max_rate, depth):
 
 
 class Transformer(nn.Module):
-    """A stack of residual blocks under the name ``resblocks`` (OpenAI's layout).
-
-    Args:
-        width: token width W.
-        layers: number of blocks.
-        heads: attention heads per block.
-        drop_path_rate: stochastic depth of the last block; block i gets ``rate * i / (layers - 1)``.
-        block_fn: block constructor ``block_fn(width, heads, drop_path=...)``; the video encoders pass
-            their cross-frame block here.
-        use_checkpoint: recompute each block's activations in backward instead of storing them.
-        is_causal: causal attention (text encoder; only for the default block).
-    """
+    """``resblocks``: ``layers`` blocks made by ``block_fn(width, heads, drop_path=...)`` (the video
+    encoders pass their cross-frame block), stochastic depth ramping to ``drop_path_rate``, optional
+    activation checkpointing."""
 
     def __init__(self, width, layers, heads, drop_path_rate=0.0, block_fn=None, use_checkpoint=False,
                  is_causal=False):
@@ -169,10 +133,7 @@ class Transformer(nn.Module):
 
 class VisionTransformer(nn.Module):
     """CLIP's image tower: patchify, class token, positional embedding, ``ln_pre``, blocks, ``ln_post``,
-    projection of the class token.
-
-    The video encoders reuse :meth:`embed` and :meth:`project` and swap the blocks via ``block_fn``.
-    """
+    projection of the class token."""
 
     def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim,
                  drop_path_rate=0.0, block_fn=None, use_checkpoint=False):
@@ -194,9 +155,8 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def patchify(self, images):
-        """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` (kernel = stride = p, no bias) as
-        one matrix product over the flattened p x p patches, which avoids the convolution's layout
-        conversions (docs/performance.md, "Patch embedding as one matrix product")."""
+        """Images [N, 3, H, W] -> patch embeddings [N, P, W]: ``conv1`` as one matrix product
+        (docs/performance.md, "Patch embedding as one matrix product")."""
         batch, channels, height, width = images.shape
         p = self.patch_size
         patches = images.reshape(batch, channels, height // p, p, width // p, p)
@@ -210,8 +170,7 @@ class VisionTransformer(nn.Module):
         return self.embed_patches(self.patchify(images))
 
     def embed_patches(self, patches):
-        """Patch embeddings [N, P, W] -> tokens [N, 1 + P, W]: class token, positional embedding,
-        ``ln_pre``."""
+        """Patch embeddings [N, P, W] -> tokens [N, 1 + P, W], class token first, after ``ln_pre``."""
         class_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([class_token, patches], dim=1) + self.positional_embedding.to(patches.dtype)
         return self.ln_pre(tokens)

@@ -1,10 +1,5 @@
-"""OpenAI CLIP (ViT variants), written here and weight-compatible with OpenAI's checkpoints.
-
-Paper: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (2021),
-https://arxiv.org/abs/2103.00020.
-
-Order: text tower base class, CLIP, dimensions from a state dict, builder.
-"""
+"""OpenAI CLIP (ViT variants; Radford et al. 2021, https://arxiv.org/abs/2103.00020), weight-compatible
+with OpenAI's checkpoints."""
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -165,15 +160,7 @@ def build_from_dims(dims):
 
 
 def build_model(state_dict):
-    """Build a CLIP ViT from an OpenAI-format state dict, dimensions inferred, weights loaded (fp32).
-
-    Args:
-        state_dict: OpenAI CLIP state dict (from a JIT archive or a plain file); the non-parameter
-            entries ``input_resolution``, ``context_length``, ``vocab_size`` are ignored.
-
-    Returns:
-        CLIP: the model in eval mode, fp32.
-    """
+    """A CLIP ViT (eval mode, fp32) from an OpenAI-format state dict, its dimensions inferred."""
     state_dict = {k: v for k, v in state_dict.items() if k not in NON_PARAMETER_KEYS}
     model = build_from_dims(clip_dims_from_state_dict(state_dict))
     model.load_state_dict({k: v.float() for k, v in state_dict.items()})

@@ -1,7 +1,5 @@
-"""CLIP's BPE tokenizer, through open_clip's implementation and its bundled vocabulary.
-
-The project ships no vocabulary of its own; the tokens equal ``open_clip.tokenize`` exactly.
-"""
+"""CLIP's BPE tokenizer through open_clip's implementation and vocabulary (the tokens equal
+``open_clip.tokenize``)."""
 from functools import lru_cache
 
 import torch
@@ -19,19 +17,8 @@ def _bpe():
 
 
 def tokenize(texts, context_length=77, truncate=False):
-    """Tokenize text(s) for CLIP.
-
-    Args:
-        texts: a string or a list of strings.
-        context_length: length of every output row (77 for all CLIP models).
-        truncate: cut text that does not fit (keeping the end-of-text token last) instead of raising.
-
-    Returns:
-        torch.LongTensor [N, context_length]: start token, BPE tokens, end token, zero padding.
-
-    Raises:
-        ValueError: a text does not fit and ``truncate`` is False (the message quotes it).
-    """
+    """Text(s) -> int64 [N, context_length]: start token, BPE tokens, end token, zeros. A text that does
+    not fit raises ValueError quoting it, unless ``truncate`` cuts it (end token kept last)."""
     if isinstance(texts, str):
         texts = [texts]
     rows = torch.zeros(len(texts), context_length, dtype=torch.long)

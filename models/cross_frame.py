@@ -1,11 +1,6 @@
-"""Cross-frame attention through message tokens, and DK-CLIP's two vision encoders built from it.
-
-Paper: Ni et al., "Expanding Language-Image Pretrained Models for General Video Recognition" (X-CLIP,
-ECCV 2022), https://arxiv.org/abs/2208.02816. DK-CLIP (ACM MM 2024) applies the block within each
-snippet (``visual``) and across the snippets of a video (``visual_semantic``); docs/model.md,
-"Local cross-frame encoder" and "Snippet integration encoder".
-
-Order: block, local video encoder, snippet integration encoder.
+"""Cross-frame attention through message tokens (X-CLIP, https://arxiv.org/abs/2208.02816) and DK-CLIP's
+two vision encoders built from it: within each snippet (``visual``) and across the snippets of a video
+(``visual_semantic``); docs/model.md, sections 4 and 6.
 """
 from functools import partial
 
@@ -16,18 +11,8 @@ from clip.layers import LayerNorm, MultiheadAttention, ResidualAttentionBlock, V
 
 
 class CrossFrameBlock(ResidualAttentionBlock):
-    """CLIP's residual block plus a message token per frame that attends across a group of frames.
-
-    The batch holds ``group_size`` consecutive rows per group (the F frames of a snippet, or the S
-    snippets of a video), so the grouping is a reshape and the whole batch runs at once. Stochastic
-    depth drops per row (per frame) in the token branch and per group in the message branch.
-
-    Args:
-        width: token width W.
-        num_heads: heads of ``attn`` and ``message_attn``.
-        drop_path: stochastic-depth rate of the residual branches.
-        group_size: rows whose message tokens attend to each other.
-    """
+    """CLIP's residual block plus a message token per frame that attends across the ``group_size``
+    consecutive rows of its group (the F frames of a snippet, or the S snippets of a video)."""
 
     def __init__(self, width, num_heads, drop_path=0.0, *, group_size):
         super().__init__(width, num_heads, drop_path)
@@ -48,15 +33,8 @@ class CrossFrameBlock(ResidualAttentionBlock):
 
 
 class LocalVideoEncoder(VisionTransformer):
-    """``visual``: CLIP's ViT (OpenAI's names, so CLIP weights load) with cross-frame blocks whose
-    message tokens attend across the F frames of one snippet.
-
-    Args:
-        input_resolution, patch_size, width, layers, heads, output_dim: CLIP ViT dimensions.
-        frames_per_snippet: F; the frames of a snippet are consecutive rows of the input.
-        drop_path_rate: stochastic depth of the last block (linear ramp from 0).
-        use_checkpoint: activation checkpointing over the blocks.
-    """
+    """``visual``: CLIP's ViT under OpenAI's names, with cross-frame blocks over the F frames of a
+    snippet."""
 
     def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim, *,
                  frames_per_snippet, drop_path_rate, use_checkpoint):
@@ -72,20 +50,9 @@ class LocalVideoEncoder(VisionTransformer):
 
 
 class SnippetIntegrationEncoder(VisionTransformer):
-    """``visual_semantic``: a ViT without patchify over the pooled patch tokens of each snippet, with
-    cross-frame blocks whose message tokens attend across the S snippets of one video.
-
-    Its parameters (other than ``conv1``, which it lacks) are named and initialised like CLIP's image
-    tower, but they are not copied from CLIP (as released). ``ln_post`` and ``proj`` exist only for
-    checkpoint compatibility: the forward pass returns patch tokens, never the class output.
-
-    Args:
-        input_resolution, patch_size: give the number of patch tokens P.
-        width, layers, heads, output_dim: ViT dimensions (``output_dim`` sizes the unused ``proj``).
-        num_snippets: S; the snippets of a video are consecutive rows of the input.
-        drop_path_rate: stochastic depth of the last block (linear ramp from 0).
-        use_checkpoint: activation checkpointing over the blocks.
-    """
+    """``visual_semantic``: a ViT without patchify over each snippet's pooled patch tokens, with
+    cross-frame blocks over the S snippets of a video. Not initialised from CLIP (as released);
+    ``ln_post`` and ``proj`` exist for checkpoint compatibility only."""
 
     def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim, *, num_snippets,
                  drop_path_rate, use_checkpoint):

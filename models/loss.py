@@ -1,15 +1,14 @@
 """DK-CLIP's training objective: global CE plus, for the first epochs, the local CE and the class-aware
-consistency term between the local and global heads (docs/model.md, "Objective")."""
+consistency term (docs/model.md, section 12). The criterion takes the model's outputs by name, so a new
+term is written here alone (docs/model.md, "Adding a loss term")."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def classification_loss(logits, targets, label_smoothing):
-    """Cross entropy against hard labels [B] (with label smoothing) or soft targets [B, K].
-
-    Soft targets (mixup) already carry their smoothing, so they are used as given.
-    """
+    """Cross entropy against hard labels [B] (with label smoothing) or soft targets [B, K] (mixup's, which
+    carry their smoothing already)."""
     logits = logits.float()
     if targets.dim() == 1:
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
@@ -32,15 +31,9 @@ CONSISTENCY_TERMS = {'official': official_consistency, 'kl': kl_consistency}
 
 
 class DKCLIPLoss(nn.Module):
-    """``CE(g) + lambda (CE(l_sum) + consistency(l_sum, g))`` for epochs before ``consistency_epochs``,
-    ``CE(g)`` afterwards or without a local head. ``l_sum`` = local logits summed over the snippets.
-
-    Args:
-        consistency: 'official' or 'kl' (``LOSS.CONSISTENCY``, validated with the config).
-        weight: lambda (``LOSS.LAMBDA``).
-        consistency_epochs: epochs that use the local terms (``TRAIN.CONSISTENCY_EPOCHS``).
-        label_smoothing: smoothing of hard targets (``AUG.LABEL_SMOOTH``).
-    """
+    """``CE(g) + weight (CE(l_sum) + consistency(l_sum, g))`` for epochs before ``consistency_epochs``,
+    ``CE(g)`` afterwards or without a local head (``l_sum``: local logits summed over the snippets);
+    :func:`build_criterion` maps the config keys to the arguments."""
 
     def __init__(self, consistency, weight, consistency_epochs, label_smoothing):
         super().__init__()
@@ -49,19 +42,10 @@ class DKCLIPLoss(nn.Module):
         self.consistency_epochs = consistency_epochs
         self.label_smoothing = label_smoothing
 
-    def forward(self, logits_global, logits_local, targets, epoch):
-        """Return ``(loss, parts)``.
-
-        Args:
-            logits_global: g [B, K].
-            logits_local: l [B, S, K] or None (no local head).
-            targets: int64 labels [B] or soft targets [B, K].
-            epoch: the current epoch (0-based).
-
-        Returns:
-            (loss, parts): the 0-d loss with gradient, and detached 0-d ``loss_global``,
-            ``loss_local``, ``loss_consistency`` (zeros where a term is not used).
-        """
+    def forward(self, targets, epoch, *, logits_global, logits_local=None, **outputs):
+        """Labels [B] or soft targets [B, K], the 0-based epoch and the model's outputs by name (g [B, K],
+        l [B, S, K] or None, and the others, unused here) -> ``(loss, parts)``: the loss with gradient
+        and its detached terms, each logged under its name (zero where a term is not used)."""
         loss_global = classification_loss(logits_global, targets, self.label_smoothing)
         zero = torch.zeros_like(loss_global)
         loss_local = loss_consistency = zero

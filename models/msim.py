@@ -1,10 +1,5 @@
-"""Multi-snippet integration (``msim``): snippet class features -> one video feature (docs/model.md,
-"Multi-snippet integration").
-
-The X-CLIP multi-frame integration transformer applied to snippets: positional embedding, pre-LN
-residual attention blocks with plain ``nn.LayerNorm``, a residual around the whole module, mean over
-the snippets.
-"""
+"""Multi-snippet integration (``msim``): X-CLIP's multi-frame integration transformer over the snippet
+features, which gives the video feature (docs/model.md, section 7)."""
 import torch
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
@@ -13,19 +8,8 @@ from clip.layers import ResidualAttentionBlock, attention_heads
 
 
 class MultiSnippetIntegration(nn.Module):
-    """Temporal transformer over the S snippet features of a video, averaged into a video feature.
-
-    Initialisation (docs/model.md, "Initialisation"): positional embedding and every ``nn.Linear``
-    weight (attention's ``out_proj`` included) truncated-normal 0.02 with zero biases, LayerNorms 1/0;
-    the packed ``attn.in_proj_weight`` keeps PyTorch's Xavier initialisation.
-
-    Args:
-        num_snippets: S.
-        embed_dim: E; heads = E / 64.
-        layers: number of residual attention blocks.
-        position_init_std: std of the positional embedding's truncated normal (cut at +-2), 0.02 as
-            released (``MODEL.MSIM_POS_INIT_STD``).
-    """
+    """Positional embedding, ``layers`` pre-LN blocks (plain ``nn.LayerNorm``, E / 64 heads), a residual
+    around the whole module, mean over the S snippets; initialised as docs/model.md, section 14."""
 
     def __init__(self, num_snippets, embed_dim, layers, position_init_std=0.02):
         super().__init__()

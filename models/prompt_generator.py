@@ -1,10 +1,5 @@
-"""Video-specific prompt generator (``prompts_generator_cmam``; docs/model.md, "Video-specific
-prompt generator").
-
-X-CLIP's video-specific prompting: the class-prompt features attend to the video's snippet tokens in a
-small transformer decoder, and a learnable per-channel scale ``alpha`` (initially 0.1) adds the result
-to the prompts. Attention runs through ``F.scaled_dot_product_attention``.
-"""
+"""Video-specific prompt generator (``prompts_generator_cmam``): X-CLIP's video-specific prompting, the
+class prompts attending to the video's snippet tokens (docs/model.md, section 10)."""
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import init_weights_vit_timm
@@ -54,16 +49,8 @@ class PromptGeneratorLayer(nn.Module):
 
 
 class VideoSpecificPromptGenerator(nn.Module):
-    """``G(t, ctx) = alpha * decoder(t, norm(ctx))``: per-video offsets of the class-prompt features.
-
-    Initialisation (docs/model.md, "Initialisation"): every ``nn.Linear`` truncated-normal 0.02 with
-    zero biases, LayerNorms 1/0, ``alpha`` = ``alpha_init`` in every channel.
-
-    Args:
-        embed_dim: E; heads = E / 64.
-        layers: decoder layers.
-        alpha_init: initial value of the learnable scale ``alpha`` [E].
-    """
+    """``G(t, ctx) = alpha * decoder(t, norm(ctx))``: per-video offsets of the class-prompt features, with
+    a learnable per-channel ``alpha`` [E] (initial ``alpha_init``)."""
 
     def __init__(self, embed_dim, layers, alpha_init):
         super().__init__()

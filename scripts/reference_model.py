@@ -1,15 +1,7 @@
-"""A straightforward DK-CLIP for the benchmark's CPU comparison (``python -m scripts.benchmark reference``).
-
-This is how X-CLIP-style code usually computes the model (docs/model.md): sequence-first tensors
-``[L, N, W]`` as in OpenAI's CLIP, ``nn.MultiheadAttention`` with ``need_weights=True`` (its default,
-which materialises and averages the attention weights), explicit softmax attention in the prompt
-generator, and a Python loop over the videos and snippets for the relevance, the erasing, the prompt
-context and the local fusion. Its parameter names equal :class:`models.DKCLIP`'s, so it loads the same
-state dict strictly and trains the same parameters. It is a yardstick for speed and memory and an
-independent check of the outputs; it is never used for training.
-
-Order: blocks, encoders, text tower, model.
-"""
+"""DK-CLIP computed the way X-CLIP-style code usually does it: sequence-first tensors, ``nn.MultiheadAttention``
+with its attention weights, explicit softmax attention, Python loops over videos and snippets in the head.
+Same parameter names as :class:`models.DKCLIP`: the benchmark's CPU yardstick (``scripts/benchmark.py
+reference``) and the tests' independent check of the outputs and gradients; never used for training."""
 from collections import OrderedDict
 
 import torch
@@ -17,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip.layers import QuickGELU
-from clip.model import clip_dims_from_state_dict
+from clip.model import CLIPTextTower, clip_dims_from_state_dict
 from models.dkclip import DKCLIP
 from models.prompt_generator import CrossAttention, VideoSpecificPromptGenerator
 
@@ -40,16 +32,15 @@ def make_mlp(width):
 class SequenceFirstBlock(nn.Module):
     """OpenAI's residual attention block on ``[L, N, W]`` with ``nn.MultiheadAttention``."""
 
-    def __init__(self, width, num_heads, norm_layer=LayerNorm, attn_mask=None):
+    def __init__(self, width, num_heads, norm_layer=LayerNorm):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, num_heads)
         self.ln_1 = norm_layer(width)
         self.mlp = make_mlp(width)
         self.ln_2 = norm_layer(width)
-        self.register_buffer('attn_mask', attn_mask, persistent=False)  # not in the state dict
 
     def attention(self, x):
-        return self.attn(x, x, x, need_weights=True, attn_mask=self.attn_mask)[0]
+        return self.attn(x, x, x, need_weights=True)[0]
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
@@ -147,23 +138,17 @@ def reference_prompt_generator(embed_dim, layers):
     return generator
 
 
-class ReferenceDKCLIP(nn.Module):
-    """DK-CLIP written the straightforward way; load :class:`models.DKCLIP`'s state dict into it.
-
-    Args:
-        dims: ``clip.CLIPDims`` (``image_resolution`` = the input size).
-        num_frames, num_snippets, prompt_layers, msim_layers, erase_threshold, use_local: as for
-            :class:`models.DKCLIP` (``models.builder.model_settings``).
-        fix_text: the text features are computed once under ``no_grad`` and kept.
-
-    It has no stochastic depth: :func:`build_reference_model` refuses a model that uses it.
-    """
+class ReferenceDKCLIP(CLIPTextTower):
+    """The straightforward DK-CLIP (no stochastic depth); arguments as :class:`models.DKCLIP`'s. The text
+    tower is CLIP's (tested against open_clip); with ``fix_text`` its features are computed once under
+    ``no_grad`` and kept."""
 
     UNUSED_PARAMETER_PREFIXES = DKCLIP.UNUSED_PARAMETER_PREFIXES
 
     def __init__(self, dims, *, num_frames, num_snippets, prompt_layers, msim_layers, erase_threshold,
                  use_local, fix_text):
-        super().__init__()
+        super().__init__(dims.embed_dim, dims.context_length, dims.vocab_size, dims.transformer_width,
+                         dims.transformer_heads, dims.transformer_layers)
         self.num_snippets, self.erase_threshold = num_snippets, erase_threshold
         self.use_local, self.fix_text, self.cached_text = use_local, fix_text, None
         self.visual = ReferenceVisionEncoder(dims, num_frames // num_snippets, patchify=True)
@@ -172,26 +157,6 @@ class ReferenceDKCLIP(nn.Module):
         self.prompts_generator_cmam = reference_prompt_generator(dims.embed_dim, prompt_layers)
         self.prompts_visual_ln = LayerNorm(dims.vision_width)
         self.prompts_visual_proj = nn.Parameter(torch.randn(dims.vision_width, dims.embed_dim))
-        self._build_text_tower(dims)
-
-    def _build_text_tower(self, dims):
-        width, length = dims.transformer_width, dims.context_length
-        causal_mask = torch.full((length, length), float('-inf')).triu(1)
-        self.transformer = nn.Module()
-        self.transformer.resblocks = nn.Sequential(*[
-            SequenceFirstBlock(width, dims.transformer_heads, attn_mask=causal_mask)
-            for _ in range(dims.transformer_layers)])
-        self.token_embedding = nn.Embedding(dims.vocab_size, width)
-        self.positional_embedding = nn.Parameter(torch.zeros(length, width))
-        self.ln_final = LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.zeros(width, dims.embed_dim))
-        self.logit_scale = nn.Parameter(torch.zeros([]))
-
-    def encode_text(self, tokens):
-        """Token ids [K, 77] -> text features [K, E]."""
-        x = (self.token_embedding(tokens) + self.positional_embedding).permute(1, 0, 2)  # [77, K, W]
-        x = self.ln_final(self.transformer.resblocks(x).permute(1, 0, 2))
-        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
 
     def text_features(self, tokens):
         if not self.fix_text:
@@ -230,14 +195,18 @@ class ReferenceDKCLIP(nn.Module):
                                     for snippet, weight, is_erased in zip(snippets, relevance, erased)])
         return logits_global, logits_local, video
 
-    def forward(self, videos, text_tokens):
-        """Return ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``."""
+    def forward(self, videos, text_tokens, return_details=False):
+        """Return ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``; with
+        ``return_details`` the same by name in a dict, as :class:`models.DKCLIP` gives the loss."""
         video_features, snippet_features, snippet_tokens = self.encode_video(videos)
         text, scale = self.text_features(text_tokens), self.logit_scale.exp()
         outputs = [self.classify_one(*inputs, text, scale)
                    for inputs in zip(video_features, snippet_features, snippet_tokens)]
         logits_global, logits_local, video = (torch.stack(parts) for parts in zip(*outputs))
-        return logits_global, logits_local if self.use_local else None, video
+        logits_local = logits_local if self.use_local else None
+        if return_details:
+            return dict(logits_global=logits_global, logits_local=logits_local, video_features=video)
+        return logits_global, logits_local, video
 
 
 def build_reference_model(model):

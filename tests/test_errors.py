@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import main as main_module
 from conftest import tiny_config
 from datasets.decoding import VideoReadError
+from scripts import eval as eval_script
 from utils.errors import USER_ERROR_EXIT_STATUS, UserError, run_command, user_error_message
 from utils.labels import REPOSITORY_ROOT
 from utils.logger import LOG_FILE
@@ -34,31 +36,39 @@ def assert_one_line_error(status, stderr, *named):
     assert all(text in stderr[0] for text in named), stderr
 
 
+def run_in_process(main_function, argv, capsys):
+    """``run_command(main_function, argv)`` in this process: (exit status, stderr lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(main_function, argv)
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.slow
-def test_a_bad_config_key_or_value_is_one_line_naming_the_key(tmp_path):
+def test_a_bad_config_key_or_value_is_one_line_naming_the_key(tmp_path, capsys):
     config = write_config(str(tmp_path))
+    # the real command line once, in its own process: nothing but the one line reaches stderr
     assert_one_line_error(*run_tool('main.py', '--config', config, '--opts', 'TRAIN.NO_SUCH_KEY', '1'),
                           'TRAIN.NO_SUCH_KEY')
-    assert_one_line_error(*run_tool('main.py', '--config', config, '--opts', 'TRAIN.OPT_LEVEL', 'O7'),
-                          'TRAIN.OPT_LEVEL', 'O7')
+    assert_one_line_error(*run_in_process(main_module.main, ['--config', config, '--opts', 'TRAIN.OPT_LEVEL', 'O7'],
+                                          capsys), 'TRAIN.OPT_LEVEL', 'O7')
 
 
-@pytest.mark.slow
-def test_a_malformed_list_line_is_one_line_naming_the_file_and_line_and_the_log_keeps_the_traceback(tmp_path):
+def test_a_malformed_list_line_is_one_line_naming_the_file_and_line_and_the_log_keeps_the_traceback(tmp_path,
+                                                                                                    capsys):
     train_list = tmp_path / 'train.txt'
     train_list.write_text('clips/a 16 0\nclips/b sixteen 1\n')
     config = write_config(str(tmp_path), DATA__TRAIN_FILE=str(train_list), DATA__VAL_FILE=str(train_list))
-    assert_one_line_error(*run_tool('main.py', '--config', config), f'{train_list}:2')
+    assert_one_line_error(*run_in_process(main_module.main, ['--config', config], capsys), f'{train_list}:2')
     log = (tmp_path / 'out' / LOG_FILE).read_text()
     assert 'Traceback' in log and f'{train_list}:2' in log
 
 
-@pytest.mark.slow
-def test_an_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path):
+def test_an_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
     checkpoint = tmp_path / 'best.pth'
     checkpoint.write_bytes(b'not a checkpoint')
-    assert_one_line_error(*run_tool('-m', 'scripts.eval', '--checkpoint', str(checkpoint)), str(checkpoint))
-    assert_one_line_error(*run_tool('-m', 'scripts.eval', '--checkpoint', str(tmp_path / 'none.pth')),
+    assert_one_line_error(*run_in_process(eval_script.main, ['--checkpoint', str(checkpoint)], capsys),
+                          str(checkpoint))
+    assert_one_line_error(*run_in_process(eval_script.main, ['--checkpoint', str(tmp_path / 'none.pth')], capsys),
                           'none.pth')
 
 

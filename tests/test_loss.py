@@ -39,7 +39,8 @@ Y = [0, 2]
 @pytest.mark.parametrize('variant', ['official', 'kl'])
 def test_loss_matches_the_hand_computed_value(variant):
     criterion = DKCLIPLoss(variant, weight=0.5, consistency_epochs=14, label_smoothing=0.0)
-    loss, parts = criterion(torch.tensor(G), torch.tensor(L), torch.tensor(Y), epoch=3)
+    loss, parts = criterion(torch.tensor(Y), 3, logits_global=torch.tensor(G), logits_local=torch.tensor(L),
+                            video_features=torch.zeros(2, 4))  # outputs no term uses are accepted
     per_sample = [hand_loss(g, l, y, variant, 0.5) for g, l, y in zip(G, L, Y)]
     assert loss.item() == pytest.approx(sum(total for total, _ in per_sample) / 2, rel=1e-6)
     for index, key in enumerate(('loss_global', 'loss_local', 'loss_consistency')):
@@ -50,7 +51,8 @@ def test_loss_matches_the_hand_computed_value(variant):
 def test_first_sample_by_hand():
     # g = (2, 0, -1), l_sum = (1, 1, 0), label 0: CE(g) = log(e^2 + 1 + 1/e) - 2, CE(l_sum) = log(2e + 1) - 1
     criterion = DKCLIPLoss('official', weight=1.0, consistency_epochs=14, label_smoothing=0.0)
-    _, parts = criterion(torch.tensor(G[:1]), torch.tensor(L[:1]), torch.tensor([0]), epoch=0)
+    _, parts = criterion(torch.tensor([0]), 0, logits_global=torch.tensor(G[:1]),
+                         logits_local=torch.tensor(L[:1]))
     assert parts['loss_global'].item() == pytest.approx(math.log(math.e ** 2 + 1 + 1 / math.e) - 2)
     assert parts['loss_local'].item() == pytest.approx(math.log(2 * math.e + 1) - 1)
 
@@ -71,9 +73,9 @@ def test_local_terms_stop_after_the_consistency_epochs():
     config = tiny_config(TRAIN__CONSISTENCY_EPOCHS=14, AUG__LABEL_SMOOTH=0.0, LOSS__LAMBDA=1.0)
     criterion = build_criterion(config)
     g, l, y = torch.tensor(G), torch.tensor(L), torch.tensor(Y)
-    before, parts_before = criterion(g, l, y, epoch=13)
-    after, parts_after = criterion(g, l, y, epoch=14)
-    without_local, _ = criterion(g, None, y, epoch=0)
+    before, parts_before = criterion(y, 13, logits_global=g, logits_local=l)
+    after, parts_after = criterion(y, 14, logits_global=g, logits_local=l)
+    without_local, _ = criterion(y, 0, logits_global=g, logits_local=None)
     assert parts_before['loss_local'] > 0 and parts_before['loss_consistency'] > 0
     assert before > after
     torch.testing.assert_close(after, parts_before['loss_global'])
@@ -87,10 +89,11 @@ def test_any_batch_size_including_a_short_last_batch(variant):
     g, l = torch.randn(5, 4, generator=generator), torch.randn(5, 3, 4, generator=generator)
     y = torch.tensor([0, 3, 1, 1, 2])
     criterion = DKCLIPLoss(variant, weight=1.0, consistency_epochs=14, label_smoothing=0.1)
-    full, _ = criterion(g, l, y, epoch=0)
-    singles = [criterion(g[i:i + 1], l[i:i + 1], y[i:i + 1], epoch=0)[0] for i in range(5)]
+    full, _ = criterion(y, 0, logits_global=g, logits_local=l)
+    singles = [criterion(y[i:i + 1], 0, logits_global=g[i:i + 1], logits_local=l[i:i + 1])[0]
+               for i in range(5)]
     torch.testing.assert_close(full, torch.stack(singles).mean())  # every term is a batch mean
-    short, _ = criterion(g[:1], l[:1], y[:1], epoch=0)  # a last batch of one video
+    short, _ = criterion(y[:1], 0, logits_global=g[:1], logits_local=l[:1])  # a last batch of one video
     assert torch.isfinite(short)
 
 
@@ -100,13 +103,14 @@ def test_hard_targets_with_smoothing_equal_the_smoothed_soft_targets():
     # smoothing 0.1 over K = 3 classes: 0.9 + 0.1 / 3 on the label, 0.1 / 3 elsewhere
     soft = torch.full((2, 3), 0.1 / 3)
     soft[torch.arange(2), y] = 0.9 + 0.1 / 3
-    hard_loss, _ = criterion(g, l, y, epoch=0)
-    soft_loss, _ = criterion(g, l, soft, epoch=0)
+    hard_loss, _ = criterion(y, 0, logits_global=g, logits_local=l)
+    soft_loss, _ = criterion(soft, 0, logits_global=g, logits_local=l)
     torch.testing.assert_close(hard_loss, soft_loss)
     unsmoothed = DKCLIPLoss('official', weight=1.0, consistency_epochs=14, label_smoothing=0.0)
-    assert not torch.allclose(unsmoothed(g, l, y, epoch=0)[0], hard_loss)
+    assert not torch.allclose(unsmoothed(y, 0, logits_global=g, logits_local=l)[0], hard_loss)
     one_hot = torch.nn.functional.one_hot(y, 3).float()
-    torch.testing.assert_close(unsmoothed(g, l, one_hot, epoch=0)[0], unsmoothed(g, l, y, epoch=0)[0])
+    torch.testing.assert_close(unsmoothed(one_hot, 0, logits_global=g, logits_local=l)[0],
+                               unsmoothed(y, 0, logits_global=g, logits_local=l)[0])
 
 
 def test_build_criterion_reads_the_config():
