@@ -25,8 +25,8 @@ from models.builder import build_model_for_run, class_prompt_tokens
 from models.loss import build_criterion
 from utils import distributed
 from utils.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model_weights, \
-    restore_training_state
-from utils.config import add_config_arguments, load_config, validate_config
+    restore_training_state, torchrun_job_of
+from utils.config import ConfigError, add_config_arguments, load_config, validate_config
 from utils.engine import Trainer, build_grad_scaler, evaluate_and_log, evaluate_splits, fit, log_evaluation, \
     record_evaluation, resolve_amp_dtype
 from utils.errors import UserError, run_command
@@ -70,38 +70,69 @@ def prepare_run(config, context):
 
 
 def checkpoint_to_resume(config):
-    """The checkpoint this run continues from (or evaluates): MODEL.RESUME, else OUTPUT/last.pth with
-    TRAIN.AUTO_RESUME; '' for a fresh start."""
+    """The checkpoint this run continues from (or evaluates): after a torchrun restart the last.pth of
+    an earlier round, else MODEL.RESUME, else OUTPUT/last.pth with TRAIN.AUTO_RESUME; '' for a fresh start."""
+    last = os.path.join(config.OUTPUT, LAST_CHECKPOINT)
+    if restarted_from_own_checkpoint(config, last):
+        return last
     if config.MODEL.RESUME:
         return config.MODEL.RESUME
-    last = os.path.join(config.OUTPUT, LAST_CHECKPOINT)
     if config.TRAIN.AUTO_RESUME and os.path.isfile(last):
         logger.info('auto-resume: found %s', last)
         return last
     return ''
 
 
-def build_trainer(config, context, model, train_loader, text_tokens, class_names):
-    """Optimizer, schedule, scaler, objective, blender and the DDP wrapper around ``model``."""
+def restarted_from_own_checkpoint(config, last):
+    """Whether torchrun restarted this worker group (``--max-restarts``) and an earlier round of the same
+    torchrun job wrote ``last``: the restarted workers then continue from it by themselves.
+
+    A last.pth of another job (an older run in the same folder) is left alone: the round starts as the
+    first one did (docs/distributed.md, section 2).
+    """
+    restarted = distributed.group_was_restarted()  # on every process: it gathers from all of them
+    if not restarted or config.TEST.ONLY_TEST or not os.path.isfile(last):
+        return False
+    if torchrun_job_of(last) != distributed.elastic_run_id():
+        logger.info('torchrun restarted the workers; %s was written by another job and is not resumed', last)
+        return False
+    logger.info('torchrun restarted the workers: resuming from %s, written by an earlier round', last)
+    return True
+
+
+def build_trainer(config, context, model, num_updates_per_epoch, text_tokens, class_names):
+    """Optimizer, schedule, scaler, objective, blender and the DDP wrapper around ``model`` (also what
+    ``scripts/benchmark.py`` times)."""
     optimizer = build_optimizer(config, model)  # also freezes what must not train (before DDP sees it)
-    scheduler = build_scheduler(config, optimizer, updates_per_epoch(config, train_loader))
+    scheduler = build_scheduler(config, optimizer, num_updates_per_epoch)
     amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, context.device)
     if context.world_size > 1:
         device_ids = [context.device.index] if context.device.type == 'cuda' else None
         model = DistributedDataParallel(model, device_ids=device_ids)
-    writer = None
-    if context.is_main:
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only where events are written
-        writer = SummaryWriter(log_dir=config.OUTPUT)
     return Trainer(config=config, model=model, criterion=build_criterion(config), optimizer=optimizer,
                    scheduler=scheduler, scaler=build_grad_scaler(context.device, amp_dtype),
                    text_tokens=text_tokens, class_names=class_names, device=context.device,
-                   amp_dtype=amp_dtype, blender=build_blender(config), writer=writer)
+                   amp_dtype=amp_dtype, blender=build_blender(config))
+
+
+def open_event_writer(config, context):
+    """TensorBoard's writer into ``OUTPUT`` on rank 0, None elsewhere."""
+    if not context.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # slow import, only where events are written
+    return SummaryWriter(log_dir=config.OUTPUT)
 
 
 def updates_per_epoch(config, train_loader):
-    """Optimizer updates per epoch (a trailing partial accumulation window also updates)."""
-    return math.ceil(len(train_loader) / config.TRAIN.ACCUMULATION_STEPS)
+    """Optimizer updates per epoch: a trailing partial accumulation window counts only with
+    ``TRAIN.TRAILING_MICRO_BATCHES update``."""
+    steps, accumulation = len(train_loader), config.TRAIN.ACCUMULATION_STEPS
+    updates = math.ceil(steps / accumulation) if config.TRAIN.TRAILING_MICRO_BATCHES == 'update' \
+        else steps // accumulation
+    if updates == 0:
+        raise ConfigError(f'TRAIN.ACCUMULATION_STEPS = {accumulation}: an epoch has only {steps} micro-batches, '
+                          f'so no update (TRAIN.TRAILING_MICRO_BATCHES drop); lower it or use update')
+    return updates
 
 
 def resume_training(trainer, checkpoint, path, train_loader):
@@ -169,7 +200,9 @@ def run(config, context):
         evaluation = evaluate_checkpoint(config, context, model, checkpoint, text_tokens, class_names,
                                          loaders.test)
         return {'evaluation': evaluation}
-    trainer = build_trainer(config, context, model, loaders.train, text_tokens, class_names)
+    trainer = build_trainer(config, context, model, updates_per_epoch(config, loaders.train), text_tokens,
+                            class_names)
+    trainer.writer = open_event_writer(config, context)
     start_epoch, results = 0, {'best': None, 'last': None}
     if checkpoint is not None:
         start_epoch, results = resume_training(trainer, checkpoint, resume_path, loaders.train)

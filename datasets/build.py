@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from datasets.annotations import drop_short_videos, read_annotation_list
 from datasets.decoding import VideoReadError, find_missing_files
-from datasets.samplers import ExactSplitSampler
+from datasets.samplers import ExactSplitSampler, StridedPermutationSampler
 from datasets.transforms import build_test_transform, build_train_transform
 from datasets.video_dataset import VideoDataset, collate_clips
 from utils.config import ConfigError, eval_batch_size
@@ -121,17 +121,14 @@ def _loader_options(config, rank, persistent_workers):
 
 
 def _training_loader(dataset, config, rank, world_size):
-    sampler = None
-    if world_size > 1:  # set_epoch(epoch) is the engine's job
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=config.SEED)
-    per_process = len(sampler) if sampler is not None else len(dataset)
-    if per_process < config.TRAIN.BATCH_SIZE:
-        raise ConfigError(f'{config.DATA.TRAIN_FILE}: {per_process} training videos per process are '
+    # One process uses the same sampler as many, so that N processes x batch B read, step for step, the
+    # videos of one process x batch N * B (docs/distributed.md, section 4).
+    sampler = StridedPermutationSampler(dataset, rank, world_size, config.SEED)
+    if len(sampler) < config.TRAIN.BATCH_SIZE:
+        raise ConfigError(f'{config.DATA.TRAIN_FILE}: {len(sampler)} training videos per process are '
                          f'fewer than TRAIN.BATCH_SIZE = {config.TRAIN.BATCH_SIZE} (the last partial '
                          f'batch is dropped, so an epoch would be empty)')
-    return VideoDataLoader(dataset, batch_size=config.TRAIN.BATCH_SIZE, sampler=sampler,
-                           shuffle=sampler is None, drop_last=True,
+    return VideoDataLoader(dataset, batch_size=config.TRAIN.BATCH_SIZE, sampler=sampler, drop_last=True,
                            # New workers each epoch: their random streams are seeded from the
                            # loader's generator, which the engine re-seeds with (SEED, epoch), so a
                            # resumed run draws the same augmentations (docs/data.md, 'Reproducibility').
@@ -148,13 +145,14 @@ def _evaluation_loader(dataset, config, rank, world_size):
 def _dataset(entries, config, train):
     transform = build_train_transform(config) if train else build_test_transform(config)
     return VideoDataset(entries, config.DATA.NUM_FRAMES, transform, train, config.TEST.NUM_CLIP,
-                        config.DATA.SKIP_BAD)
+                        config.DATA.SKIP_BAD, config.DATA.FRAME_ORDER)
 
 
 def build_dataloaders(config, rank=0, world_size=1):
     """Build this process's loaders from ``DATA.TRAIN_FILE``, ``DATA.VAL_FILE`` and the settings.
 
-    Training: shuffled (``DistributedSampler`` under DDP, seeded with ``SEED``), ``drop_last``.
+    Training: shuffled by a ``StridedPermutationSampler`` (seeded with ``SEED``, the same order for any
+    number of processes), ``drop_last``.
     Validation (``DATA.VAL_FRACTION`` > 0, held out of the training list) and test: deterministic views,
     an exact split of the list across ranks. Batches: dicts with ``videos`` uint8 (train
     ``[B, T, 3, S, S]``, evaluation ``[B, V, T, 3, S, S]``, view ``clip * TEST.NUM_CROP + crop``; in

@@ -86,7 +86,7 @@ def model_settings(config):
                 msim_layers=config.MODEL.MSIM_LAYERS, erase_threshold=config.MODEL.ERASE_THRESHOLD,
                 use_local=config.MODEL.USE_LOCAL, fix_text=config.MODEL.FIX_TEXT,
                 drop_path_rate=config.MODEL.DROP_PATH_RATE, use_checkpoint=config.TRAIN.USE_CHECKPOINT,
-                msim_pos_init_std=config.MODEL.MSIM_POS_INIT_STD)
+                msim_pos_init_std=config.MODEL.MSIM_POS_INIT_STD, head_precision=config.MODEL.HEAD_PRECISION)
 
 
 def _check_input_size(config, dims):
@@ -100,6 +100,31 @@ def _check_input_size(config, dims):
     return replace(dims, image_resolution=input_size)
 
 
+def clip_dims_for_input(config, clip_state_dict):
+    """The dimensions of the CLIP in ``clip_state_dict`` with its image resolution set to
+    ``DATA.INPUT_SIZE`` (a multiple of the patch size; the positional embedding is resampled when the two
+    differ, :func:`fit_positional_embedding`).
+
+    Raises:
+        ConfigError: ``DATA.INPUT_SIZE`` is not a multiple of the patch size.
+        ValueError: the weights are not a CLIP ViT state dict.
+    """
+    return _check_input_size(config, clip_dims_from_state_dict(clip_state_dict))
+
+
+def fit_positional_embedding(clip_state_dict, num_positions):
+    """CLIP's weights without the non-parameter entries, ``visual.positional_embedding`` resampled
+    (bicubic) to ``num_positions`` (class token + patch grid) when it has another length."""
+    state_dict = {k: v for k, v in clip_state_dict.items() if k not in NON_PARAMETER_KEYS}
+    key = 'visual.positional_embedding'
+    if state_dict[key].shape[0] != num_positions:
+        grid = round((num_positions - 1) ** 0.5)
+        resampled = resample_abs_pos_embed(state_dict[key][None].float(), new_size=[grid, grid],
+                                           num_prefix_tokens=1)
+        state_dict[key] = resampled[0]
+    return state_dict
+
+
 def _is_new_parameter(name):
     return name.startswith(NEW_PARAMETER_PREFIXES) or '.message_' in name
 
@@ -111,14 +136,7 @@ def load_clip_weights(model, clip_state_dict):
     Raises:
         ValueError: the state dict has entries DK-CLIP lacks, or lacks CLIP entries.
     """
-    state_dict = {k: v for k, v in clip_state_dict.items() if k not in NON_PARAMETER_KEYS}
-    key = 'visual.positional_embedding'
-    target_length = model.visual.positional_embedding.shape[0]
-    if state_dict[key].shape[0] != target_length:
-        grid = round((target_length - 1) ** 0.5)
-        resampled = resample_abs_pos_embed(state_dict[key][None].float(), new_size=[grid, grid],
-                                           num_prefix_tokens=1)
-        state_dict[key] = resampled[0]
+    state_dict = fit_positional_embedding(clip_state_dict, model.visual.positional_embedding.shape[0])
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     lacking = [name for name in missing if not _is_new_parameter(name)]
     if unexpected or lacking:
@@ -130,42 +148,18 @@ def load_clip_weights(model, clip_state_dict):
 
 
 def build_model(config, clip_state_dict):
-    """Build DK-CLIP with CLIP's weights copied in and the new parts initialised (docs/model.md,
-    "Initialisation").
-
-    Args:
-        config: the project's yacs config (``DATA.NUM_FRAMES``, ``DATA.NUM_DIVIDE``,
-            ``DATA.INPUT_SIZE``, ``MODEL.*``, ``TRAIN.USE_CHECKPOINT``).
-        clip_state_dict: OpenAI-format CLIP ViT weights, e.g. from :func:`load_clip_state_dict`.
-
-    Returns:
-        DKCLIP: fp32, on the CPU, in training mode.
-
-    Raises:
-        ConfigError: ``DATA.INPUT_SIZE`` is not a multiple of the patch size.
-        ValueError: the weights are not a CLIP ViT state dict.
-    """
-    dims = _check_input_size(config, clip_dims_from_state_dict(clip_state_dict))
+    """DK-CLIP (fp32, CPU, training mode) with OpenAI-format CLIP weights copied in and the new parts
+    initialised (docs/model.md, section 14); ConfigError for an input size that is not a multiple of the
+    patch size, ValueError for weights that are not a CLIP ViT."""
+    dims = clip_dims_for_input(config, clip_state_dict)
     model = DKCLIP(dims, **model_settings(config))
     return load_clip_weights(model, clip_state_dict)
 
 
 def build_model_for_run(config, device, checkpoint=None):
-    """Build DK-CLIP on ``device`` from the CLIP weights the config names, or from a checkpoint.
-
-    Args:
-        config: the run's config (``MODEL.PRETRAINED`` / ``MODEL.ARCH`` / ``MODEL.RANDOM_INIT``;
-            ``TRAIN.COMPILE`` and ``TRAIN.COMPILE_MODE``).
-        device: where the model goes.
-        checkpoint: a dict from :func:`utils.checkpoint.load_checkpoint`, or None. A DK-CLIP checkpoint
-            holds the backbone, so no CLIP weights file is needed; the caller still loads the
-            checkpoint strictly afterwards (:func:`utils.checkpoint.load_model_weights`).
-
-    Returns:
-        DKCLIP: with ``TRAIN.COMPILE``, compiled by ``nn.Module.compile``, which keeps the state-dict
-        names (no ``_orig_mod.`` prefix) and is reached through DDP; compilation happens on the first
-        call.
-    """
+    """DK-CLIP on ``device`` from the CLIP weights the config names, or shaped by a DK-CLIP
+    ``checkpoint`` (which the caller then loads strictly), compiled in place with ``TRAIN.COMPILE``
+    (``nn.Module.compile`` keeps the state-dict names)."""
     if checkpoint is None:
         clip_state_dict = load_clip_state_dict(config)
     else:

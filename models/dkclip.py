@@ -1,10 +1,6 @@
-"""DK-CLIP: CLIP with a hierarchical video encoder, AU-knowledge prompts and class-aware consistency.
-
-Paper: "Domain Knowledge Enhanced Vision-Language Pretrained Model for Dynamic Facial Expression
-Recognition" (DK-CLIP, ACM MM 2024). Behaviour and parameter names follow the official release, as
-restated in ``docs/model.md``.
-
-Order: relevance and erasing (pure functions), model.
+"""DK-CLIP ("Domain Knowledge Enhanced Vision-Language Pretrained Model for Dynamic Facial Expression
+Recognition", ACM MM 2024): CLIP with a hierarchical video encoder, AU-knowledge prompts and class-aware
+consistency. Behaviour and parameter names follow the official release (docs/model.md).
 """
 import torch
 import torch.nn.functional as F
@@ -12,28 +8,27 @@ from torch import nn
 
 from clip.layers import LayerNorm
 from clip.model import CLIPTextTower
+from utils.config import KNOWN_HEAD_PRECISIONS
 
 from .cross_frame import LocalVideoEncoder, SnippetIntegrationEncoder
 from .msim import MultiSnippetIntegration
 from .prompt_generator import VideoSpecificPromptGenerator
 
-# The head's dot products are element-wise products summed, not einsum: autocast leaves element-wise
-# work in fp32, which the head needs (docs/model.md, "Precision").
+
+def dot_products(a, b, in_autocast_dtype):
+    """``<a, b>`` over the last dimension (broadcast): as a matrix product, which autocast runs in 16 bits
+    (the release's head), or as element-wise products summed, which it leaves in fp32 (docs/model.md,
+    section 15)."""
+    if in_autocast_dtype:
+        return (a.unsqueeze(-2) @ b.unsqueeze(-1))[..., 0, 0]
+    return (a * b).sum(dim=-1)
 
 
-def snippet_relevance(video_features, snippet_features, logit_scale):
-    """Relevance weights r [B, S] of the snippets to their video (docs/model.md, "Relevance and
-    erasing").
-
-    ``sim_j = s <v, c_j>``, min-max normalised over the snippets (no epsilon), then softmax. When all
-    ``sim_j`` of a video are equal (always for S = 1) the normalisation is undefined: r = 1 / S.
-
-    Args:
-        video_features: L2-normalised v [B, E].
-        snippet_features: L2-normalised c [B, S, E].
-        logit_scale: s = exp(logit_scale), a 0-d tensor.
-    """
-    similarity = logit_scale * (video_features[:, None] * snippet_features).sum(dim=-1)  # [B, S]
+def snippet_relevance(video_features, snippet_features, logit_scale, in_autocast_dtype=False):
+    """Relevance r [B, S] of the snippets c [B, S, E] to their video v [B, E] (both normalised):
+    ``softmax(minmax(s <v, c_j>))``, uniform where all similarities are equal (docs/model.md, section 9)."""
+    similarity = logit_scale * dot_products(video_features[:, None], snippet_features,
+                                            in_autocast_dtype)  # [B, S]
     low = similarity.amin(dim=1, keepdim=True)
     spread = similarity.amax(dim=1, keepdim=True) - low
     # Where the spread is 0, sim - low is 0 too: a unit denominator gives n = 0 (uniform softmax) and a
@@ -50,20 +45,18 @@ def mean_over_kept_snippets(snippet_tokens, erased):
     return total / keep.sum(dim=1).clamp(min=1)[:, None, None]
 
 
-def fuse_local_logits(snippet_features, prompt_features, logit_scale, relevance, erased):
-    """Local logits ``l_jk = s <c_j, t_b,k> r_j (1 - e_j)`` [B, S, K] (docs/model.md, "Global and local
-    logits").
-
-    Args:
-        snippet_features: L2-normalised c [B, S, E].
-        prompt_features: L2-normalised per-video prompts t_b [B, K, E].
-        logit_scale: s (0-d).
-        relevance: r [B, S].
-        erased: e [B, S] bool.
-    """
+def fuse_local_logits(snippet_features, prompt_features, logit_scale, relevance, erased,
+                      in_autocast_dtype=False):
+    """Local logits ``l_jk = s <c_j, t_b,k> r_j (1 - e_j)`` [B, S, K] from normalised snippets c
+    [B, S, E] and per-video prompts t_b [B, K, E] (docs/model.md, section 11)."""
     weights = relevance * (~erased).to(relevance.dtype)  # [B, S]
-    similarity = (snippet_features[:, :, None] * prompt_features[:, None]).sum(dim=-1)  # [B, S, K]
+    similarity = dot_products(snippet_features[:, :, None], prompt_features[:, None],
+                              in_autocast_dtype)  # [B, S, K]
     return logit_scale * similarity * weights[:, :, None]
+
+
+def _autocast_is_on(device_type):
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def _normalized_fp32(features):
@@ -72,27 +65,11 @@ def _normalized_fp32(features):
 
 
 class DKCLIP(CLIPTextTower):
-    """The DK-CLIP model. Build it with :func:`models.builder.build_model`.
-
-    Parameters (docs/model.md, "Parameter names"): ``visual`` (local cross-frame encoder),
-    ``visual_semantic`` (snippet integration encoder), ``msim``, ``prompts_generator_cmam``,
-    ``prompts_visual_ln``, ``prompts_visual_proj`` and CLIP's text encoder under OpenAI's names (from
-    :class:`CLIPTextTower`).
-
-    Args:
-        dims: ``clip.CLIPDims`` of the CLIP backbone (``image_resolution`` = the input size).
-        num_frames: T, frames per video.
-        num_snippets: S, snippets per video (T divisible by S).
-        prompt_layers: decoder layers of the prompt generator.
-        prompt_alpha: initial ``alpha`` of the prompt generator.
-        msim_layers: residual blocks of ``msim``.
-        erase_threshold: tau; snippets with relevance below it are erased.
-        use_local: compute the local (per-snippet) logits and erase; False: global head only.
-        fix_text: the text encoder is frozen: its features are computed under ``no_grad``.
-        drop_path_rate: stochastic depth of the last block of both vision encoders.
-        use_checkpoint: activation checkpointing over the vision blocks.
-        msim_pos_init_std: initial std of msim's positional embedding (0.02 as released).
-    """
+    """The DK-CLIP model; build it with :func:`models.builder.build_model`, which maps the config keys to
+    these arguments (``models.builder.model_settings``; docs/model.md, section 2 for the symbols).
+    Parameters under the release's names (docs/model.md, section 18): ``visual``, ``visual_semantic``,
+    ``msim``, ``prompts_generator_cmam``, ``prompts_visual_ln``, ``prompts_visual_proj`` and CLIP's text
+    encoder."""
 
     # Parameters the forward pass never uses (kept for checkpoint compatibility); the optimizer
     # freezes them so that DDP needs no find_unused_parameters.
@@ -100,7 +77,7 @@ class DKCLIP(CLIPTextTower):
 
     def __init__(self, dims, *, num_frames, num_snippets, prompt_layers, prompt_alpha, msim_layers,
                  erase_threshold, use_local, fix_text, drop_path_rate, use_checkpoint,
-                 msim_pos_init_std=0.02):
+                 msim_pos_init_std=0.02, head_precision='autocast'):
         super().__init__(dims.embed_dim, dims.context_length, dims.vocab_size, dims.transformer_width,
                          dims.transformer_heads, dims.transformer_layers)
         if num_frames % num_snippets:
@@ -110,6 +87,9 @@ class DKCLIP(CLIPTextTower):
         self.erase_threshold = erase_threshold
         self.use_local = use_local
         self.fix_text = fix_text
+        if head_precision not in KNOWN_HEAD_PRECISIONS:
+            raise ValueError(f'head_precision {head_precision!r} is not one of {KNOWN_HEAD_PRECISIONS}')
+        self.head_precision = head_precision
         vision = dict(input_resolution=dims.image_resolution, patch_size=dims.vision_patch_size,
                       width=dims.vision_width, layers=dims.vision_layers, heads=dims.vision_heads,
                       output_dim=dims.embed_dim, drop_path_rate=drop_path_rate,
@@ -128,9 +108,8 @@ class DKCLIP(CLIPTextTower):
         self.visual_semantic.transformer.use_checkpoint = enable
 
     def encode_video(self, videos):
-        """Videos [B, T, 3, H, W] (normalised) -> ``(video_features [B, E], snippet_features [B, S, E],
-        snippet_tokens [B, S, P, E])``, none of them normalised (docs/model.md, sections "Local
-        cross-frame encoder" to "Multi-snippet integration")."""
+        """Videos [B, T, 3, H, W] -> (v [B, E], c [B, S, E], snippet tokens [B, S, P, E]), not normalised
+        (docs/model.md, sections 4-7)."""
         batch, snippets = videos.shape[0], self.num_snippets
         size = self.visual.input_resolution
         if videos.shape[1:] != (self.num_frames, 3, size, size):
@@ -146,33 +125,25 @@ class DKCLIP(CLIPTextTower):
         return video_features, snippet_features, snippet_tokens.unflatten(0, (batch, snippets))
 
     def encode_prompts(self, text_tokens):
-        """Class-prompt features t [K, E] of text tokens [K, 77] (docs/model.md, "AU-knowledge prompts").
-
-        With ``fix_text`` they are computed under ``no_grad``: the frozen tower keeps no activations
-        and gets no gradient. Otherwise they are computed with gradient.
-        """
+        """Class-prompt features t [K, E] of tokens [K, 77]; under ``no_grad`` when the text tower is
+        frozen (docs/model.md, section 8)."""
         if not self.fix_text:
             return self.encode_text(text_tokens)
         with torch.no_grad():
             return self.encode_text(text_tokens)
 
     def classify(self, video_features, snippet_features, snippet_tokens, text_features):
-        """The head: relevance, erasing, video-specific prompts and logits, from the encoders' outputs
-        (docs/model.md, sections "Relevance and erasing" to "Global and local logits").
-
-        Args:
-            video_features: v [B, E]; snippet_features: c [B, S, E]; snippet_tokens: [B, S, P, E];
-                text_features: t [K, E] (none of them normalised).
+        """The head (docs/model.md, sections 9-11): relevance, erasing, video-specific prompts, logits.
 
         Returns:
-            dict: ``logits_global`` [B, K], ``logits_local`` [B, S, K] (None without the local
-            branch), ``video_features`` (normalised v [B, E]), ``relevance`` r [B, S], ``erased``
-            e [B, S] bool; logits and features in fp32 (or wider).
+            dict: ``logits_global`` [B, K], ``logits_local`` [B, S, K] (None without the local head),
+            ``video_features`` (normalised v [B, E]), ``relevance`` r [B, S], ``erased`` e [B, S].
         """
         logit_scale = self.logit_scale.exp()
+        low_precision = self.head_precision == 'autocast' and _autocast_is_on(video_features.device.type)
         video = _normalized_fp32(video_features)  # [B, E]
         snippets = _normalized_fp32(snippet_features)  # [B, S, E]
-        relevance = snippet_relevance(video, snippets, logit_scale)  # [B, S]
+        relevance = snippet_relevance(video, snippets, logit_scale, low_precision)  # [B, S]
         if self.use_local:
             erased = relevance.detach() < self.erase_threshold
         else:
@@ -180,20 +151,16 @@ class DKCLIP(CLIPTextTower):
         context = mean_over_kept_snippets(snippet_tokens, erased)  # [B, P, E]
         prompts = text_features + self.prompts_generator_cmam(text_features, context)  # [B, K, E]
         prompts = _normalized_fp32(prompts)
-        logits_global = logit_scale * (video[:, None] * prompts).sum(dim=-1)  # [B, K]
-        logits_local = (fuse_local_logits(snippets, prompts, logit_scale, relevance, erased)
+        logits_global = logit_scale * dot_products(video[:, None], prompts, low_precision)  # [B, K]
+        logits_local = (fuse_local_logits(snippets, prompts, logit_scale, relevance, erased, low_precision)
                         if self.use_local else None)  # [B, S, K]
         return dict(logits_global=logits_global, logits_local=logits_local, video_features=video,
                     relevance=relevance, erased=erased)
 
     def forward(self, videos, text_tokens, return_details=False):
-        """Videos [B, T, 3, H, W] (normalised) and class-prompt tokens [K, 77] -> logits.
-
-        Returns:
-            ``(logits_global [B, K], logits_local [B, S, K] or None, video_features [B, E])``; with
-            ``return_details`` the dict of :meth:`classify`, which adds the relevance and the erase mask
-            (for the visualisation tools).
-        """
+        """Videos [B, T, 3, H, W] (normalised) and prompt tokens [K, 77] -> ``(logits_global [B, K],
+        logits_local [B, S, K] or None, video_features [B, E])``, or with ``return_details`` the dict of
+        :meth:`classify` (what the loss and the visualisation take by name)."""
         # [B, E], [B, S, E], [B, S, P, E]
         video_features, snippet_features, snippet_tokens = self.encode_video(videos)
         text_features = self.encode_prompts(text_tokens)  # [K, E]

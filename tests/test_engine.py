@@ -6,8 +6,8 @@ import torch
 
 from conftest import tiny_clip_state_dict, tiny_config
 from models.builder import build_model, class_prompt_tokens
-from models.loss import build_criterion
-from utils.engine import (Trainer, build_grad_scaler, evaluate, normalize_videos, resolve_amp_dtype,
+from models.loss import DKCLIPLoss, build_criterion
+from utils.engine import (Trainer, build_grad_scaler, evaluate, normalize_videos, predict, resolve_amp_dtype,
                           shuffle_frames, train_one_epoch)
 from utils.optimizer import build_param_groups, build_scheduler
 
@@ -64,10 +64,10 @@ def test_accumulating_two_batches_equals_one_double_batch():
     assert_same_update(accumulated, single, initial)
 
 
-def test_a_trailing_partial_accumulation_updates_with_its_own_mean():
+def test_a_trailing_partial_accumulation_updates_with_its_own_mean_when_asked():
     generator = torch.Generator().manual_seed(1)
     batches = [random_batch(generator, 2) for _ in range(3)]
-    accumulating = make_trainer(accumulation_steps=2)
+    accumulating = make_trainer(accumulation_steps=2, TRAIN__TRAILING_MICRO_BATCHES='update')
     initial = {name: p.detach().clone() for name, p in accumulating.model.named_parameters()}
     accumulated = trained_parameters(accumulating, batches)
     reference = make_trainer(accumulation_steps=1)
@@ -76,12 +76,47 @@ def test_a_trailing_partial_accumulation_updates_with_its_own_mean():
     assert_same_update(accumulated, expected, initial)
 
 
+def test_a_trailing_partial_accumulation_is_dropped_by_default_as_the_release_did():
+    generator = torch.Generator().manual_seed(1)
+    batches = [random_batch(generator, 2) for _ in range(3)]
+    accumulating = make_trainer(accumulation_steps=2)
+    initial = {name: p.detach().clone() for name, p in accumulating.model.named_parameters()}
+    accumulated = trained_parameters(accumulating, batches)
+    reference = make_trainer(accumulation_steps=1)
+    expected = trained_parameters(reference, [concatenate(batches[0], batches[1])])
+    assert accumulating.num_updates == reference.num_updates == 1
+    assert_same_update(accumulated, expected, initial)
+    assert all(parameter.grad is None for parameter in accumulating.model.parameters())  # nothing carried over
+
+
+class RelevanceEntropyLoss(DKCLIPLoss):
+    """The example of docs/model.md, section 12: a term on the relevance, which the engine passes by name."""
+
+    def forward(self, targets, epoch, *, relevance, **outputs):
+        loss, parts = super().forward(targets, epoch, relevance=relevance, **outputs)
+        entropy = -(relevance * relevance.clamp_min(1e-8).log()).sum(dim=1).mean()
+        return loss + 0.5 * entropy, {**parts, 'loss_entropy': entropy.detach()}
+
+
+def test_a_loss_term_on_the_relevance_needs_no_change_to_the_engine():
+    generator = torch.Generator().manual_seed(6)
+    batches = [random_batch(generator, 2) for _ in range(2)]
+    config = tiny_config()
+    plain, with_entropy = make_trainer(1), make_trainer(1, criterion=RelevanceEntropyLoss(
+        config.LOSS.CONSISTENCY, config.LOSS.LAMBDA, config.TRAIN.CONSISTENCY_EPOCHS, config.AUG.LABEL_SMOOTH))
+    losses = train_one_epoch(with_entropy, batches, epoch=0)
+    assert losses['loss_entropy'] > 0  # logged under its name, like the built-in parts
+    trained = {name: p.detach() for name, p in with_entropy.model.named_parameters()}
+    reference = trained_parameters(plain, batches)
+    assert any(not torch.equal(trained[name], reference[name]) for name in reference)  # the term trained
+
+
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step():
     real_criterion = build_criterion(tiny_config())
     calls = []
 
-    def criterion(logits_global, logits_local, targets, epoch):
-        loss, parts = real_criterion(logits_global, logits_local, targets, epoch)
+    def criterion(targets, epoch, **outputs):
+        loss, parts = real_criterion(targets, epoch, **outputs)
         calls.append(1)
         return (loss * float('nan') if len(calls) == 3 else loss), parts
 
@@ -119,7 +154,7 @@ def test_multi_view_evaluation_sums_the_views_of_each_video():
     text_tokens, _ = class_prompt_tokens(config, CPU)
     generator = torch.Generator().manual_seed(5)
     loader = [random_batch(generator, 2, num_views=2), random_batch(generator, 1, num_views=2, start_index=2)]
-    evaluation = evaluate(model, loader, text_tokens, config, CPU)
+    evaluation = evaluate(model, loader, text_tokens, config, CPU, amp_dtype=None)
     assert evaluation.indices.tolist() == [0, 1, 2]
     videos = torch.cat([batch['videos'] for batch in loader])  # [3, V, T, 3, H, W]
     with torch.no_grad():
@@ -133,3 +168,13 @@ def test_multi_view_evaluation_sums_the_views_of_each_video():
     predictions = evaluation.scores['global'].argmax(1)
     labels = torch.cat([batch['labels'] for batch in loader])
     assert evaluation.heads['global']['WAR'] == pytest.approx(100 * (predictions == labels).float().mean().item())
+
+
+def test_a_process_without_videos_still_gathers_every_head():
+    # more processes than test videos: the empty share must offer the same names to the gather
+    config = tiny_config()
+    model = build_model(config, tiny_clip_state_dict(seed=4)).eval()
+    text_tokens, _ = class_prompt_tokens(config, CPU)
+    collected = predict(model, [], text_tokens, config, CPU, amp_dtype=None)
+    assert set(collected) == {'labels', 'indices', 'global', 'local', 'fused'}
+    assert collected['global'].shape == (0, 7) and collected['labels'].dtype == torch.long

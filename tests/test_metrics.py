@@ -72,3 +72,24 @@ def test_view_probabilities_and_fused_scores_equal_a_naive_loop():
         torch.testing.assert_close(scores['fused'][video], expected_global + expected_local)
     assert set(head_scores(logits_global, None, num_views)) == {'global'}
     torch.testing.assert_close(view_probabilities(logits_global, 1), torch.softmax(logits_global, dim=1))
+
+
+def test_release_uar_is_the_mean_of_the_stride_shards_uars_computed_by_hand():
+    # 7 videos (odd): shard 0 holds list positions 0, 2, 4, 6 and shard 1 positions 1, 3, 5.
+    # Class 1 is absent from shard 0, class 2 from shard 1, class 3 from both.
+    targets = torch.tensor([0, 1, 2, 0, 2, 1, 0])
+    predictions = torch.tensor([0, 1, 0, 0, 2, 2, 1])
+    scores = torch.nn.functional.one_hot(predictions, 4).float()
+    # shard 0: class 0 1/2, class 2 1/2 -> UAR 50; shard 1: class 0 1/1, class 1 1/2 -> UAR 75
+    report = classification_report(scores, targets, 4, indices=torch.arange(7), release_shards=2)
+    assert report['UAR_release'] == pytest.approx(62.5)
+    assert report['per_class_recall_release'][:3] == pytest.approx([75.0, 50.0, 50.0])
+    assert report['per_class_recall_release'][3] is None
+    assert report['UAR'] == pytest.approx((200 / 3 + 50 + 50) / 3)  # over the whole list: a different number
+    # the shards follow the positions in the list, not the order in which the videos arrive
+    order = torch.tensor([6, 3, 0, 5, 2, 4, 1])
+    shuffled = classification_report(scores[order], targets[order], 4, indices=order, release_shards=2)
+    assert shuffled['UAR_release'] == report['UAR_release']
+    one_shard = classification_report(scores, targets, 4, indices=torch.arange(7), release_shards=1)
+    assert one_shard['UAR_release'] == pytest.approx(report['UAR'])
+    assert 'UAR_release' not in classification_report(scores, targets, 4)

@@ -17,6 +17,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from utils.errors import UserError
+from utils.labels import read_label_csv
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _C.DATA.VAL_FILE = ''
 # Fraction of the training list held out (stratified, seeded) as a validation split for choosing the
 # best epoch, so that model selection need not look at the test set. 0: select on VAL_FILE (published).
 _C.DATA.VAL_FRACTION = 0.0
-# Dataset name: dfew, ferv39k, mafw or synthetic. Used in logs and result tables.
+# Dataset name: dfew, ferv39k, mafw, mafw_compound or synthetic. Used in logs and result tables.
 _C.DATA.DATASET = 'dfew'
 # Side of the square network input, in pixels.
 _C.DATA.INPUT_SIZE = 224
@@ -61,6 +62,10 @@ _C.DATA.SKIP_BAD = False
 # MEAN (122.771, 116.746, 104.094), STD (68.501, 66.632, 70.323).
 _C.DATA.MEAN = [123.675, 116.28, 103.53]
 _C.DATA.STD = [58.395, 57.12, 57.375]
+# Order of the images of a frame folder: 'natural' (numbers in names compared as numbers: 2 before 10)
+# or 'lexicographic' (names compared as strings, as the release sorted them: 10 before 2). The two agree
+# when frame numbers are zero-padded (docs/data.md, section 12).
+_C.DATA.FRAME_ORDER = 'natural'
 
 # The synthetic dataset of the demo and the tests (scripts/make_synthetic_dataset.py).
 _C.DATA.SYNTHETIC = CN()
@@ -145,6 +150,10 @@ _C.MODEL.MSIM_POS_INIT_STD = 0.02
 _C.MODEL.ERASE_THRESHOLD = 0.15
 # Use the local (per-snippet) branch in the loss and at evaluation. False: global head only.
 _C.MODEL.USE_LOCAL = True
+# Precision of the head (relevance, erase mask, logits) under autocast: 'autocast' computes its dot
+# products in autocast's 16-bit dtype, as the release did (published); 'fp32' keeps them in fp32. The
+# two differ only under autocast (TRAIN.OPT_LEVEL O1 or bf16); see docs/model.md, section 15.
+_C.MODEL.HEAD_PRECISION = 'autocast'
 
 # ----------------------------------------------------------------------------------------------------
 # Training
@@ -165,6 +174,10 @@ _C.TRAIN.MIN_LR_RATIO = 0.01
 _C.TRAIN.BATCH_SIZE = 8
 # Micro-batches accumulated per optimizer update.
 _C.TRAIN.ACCUMULATION_STEPS = 2
+# An epoch whose micro-batches are not a multiple of ACCUMULATION_STEPS ends with a partial window:
+# 'drop' discards its gradient, as the release did (published); 'update' makes one more update with the
+# mean over the partial window.
+_C.TRAIN.TRAILING_MICRO_BATCHES = 'drop'
 # Learning-rate schedule (cosine with linear warm-up, stepped per optimizer update).
 _C.TRAIN.LR_SCHEDULER = 'cosine'
 # Optimizer (AdamW, betas (0.9, 0.98), eps 1e-8).
@@ -232,6 +245,10 @@ _C.TEST.NUM_CROP = 1
 _C.TEST.ONLY_TEST = False
 # Metric of the global head that picks the best epoch: WAR (published) or UAR.
 _C.TEST.BEST_METRIC = 'WAR'
+# Shards of the release's UAR (UAR_release, reported beside UAR): the test list split by stride into
+# this many shards (video i in shard i mod n), UAR computed per shard and averaged. 2 reproduces the
+# published figures (the release's 2 GPUs), whatever number of processes this run uses; 1 gives UAR.
+_C.TEST.RELEASE_UAR_SHARDS = 2
 # Videos per GPU process and evaluation step (0: TRAIN.BATCH_SIZE).
 _C.TEST.BATCH_SIZE = 0
 # Permute the frames of every test clip at random (seeded by SEED): a check that the model uses their
@@ -258,6 +275,9 @@ KNOWN_COMPILE_MODES = ('', 'default', 'reduce-overhead', 'max-autotune', 'max-au
 KNOWN_CONSISTENCY = ('official', 'kl')
 KNOWN_BEST_METRICS = ('WAR', 'UAR')
 KNOWN_FMIX_MASKS = ('release', 'isotropic')
+KNOWN_FRAME_ORDERS = ('natural', 'lexicographic')
+KNOWN_HEAD_PRECISIONS = ('autocast', 'fp32')
+KNOWN_TRAILING_MICRO_BATCHES = ('drop', 'update')
 
 
 class ConfigError(UserError, ValueError):
@@ -407,7 +427,7 @@ def _validate_ranges(config):
     positive = ['DATA.INPUT_SIZE', 'DATA.NUM_FRAMES', 'DATA.NUM_DIVIDE', 'DATA.NUM_CLASSES',
                 'TRAIN.EPOCHS', 'TRAIN.LR', 'TRAIN.BATCH_SIZE', 'TRAIN.ACCUMULATION_STEPS',
                 'TRAIN.NEW_MODULE_LR_SCALE', 'TEST.NUM_CLIP', 'SAVE_FREQ', 'PRINT_FREQ',
-                'MODEL.PROMPT_LAYERS', 'MODEL.MSIM_LAYERS']
+                'MODEL.PROMPT_LAYERS', 'MODEL.MSIM_LAYERS', 'TEST.RELEASE_UAR_SHARDS']
     non_negative = ['DATA.NUM_WORKERS', 'MODEL.MSIM_POS_INIT_STD', 'TRAIN.WARMUP_EPOCHS', 'TRAIN.WEIGHT_DECAY',
                     'TRAIN.CONSISTENCY_EPOCHS', 'TRAIN.CLIP_GRAD', 'TRAIN.MIN_LR_RATIO', 'LOSS.LAMBDA',
                     'AUG.MIXUP', 'AUG.CUTMIX', 'TEST.BATCH_SIZE']
@@ -441,6 +461,12 @@ def _validate_choices(config):
              f'must be one of {KNOWN_BEST_METRICS}')
     _require(config.AUG.FMIX_MASK in KNOWN_FMIX_MASKS, 'AUG.FMIX_MASK', config.AUG.FMIX_MASK,
              f'must be one of {KNOWN_FMIX_MASKS}')
+    _require(config.DATA.FRAME_ORDER in KNOWN_FRAME_ORDERS, 'DATA.FRAME_ORDER', config.DATA.FRAME_ORDER,
+             f'must be one of {KNOWN_FRAME_ORDERS}')
+    _require(config.MODEL.HEAD_PRECISION in KNOWN_HEAD_PRECISIONS, 'MODEL.HEAD_PRECISION',
+             config.MODEL.HEAD_PRECISION, f'must be one of {KNOWN_HEAD_PRECISIONS}')
+    _require(config.TRAIN.TRAILING_MICRO_BATCHES in KNOWN_TRAILING_MICRO_BATCHES, 'TRAIN.TRAILING_MICRO_BATCHES',
+             config.TRAIN.TRAILING_MICRO_BATCHES, f'must be one of {KNOWN_TRAILING_MICRO_BATCHES}')
     _require(config.TEST.NUM_CROP in (1, 3), 'TEST.NUM_CROP', config.TEST.NUM_CROP, 'must be 1 or 3')
     _require(config.TRAIN.LR_SCHEDULER == 'cosine', 'TRAIN.LR_SCHEDULER', config.TRAIN.LR_SCHEDULER,
              "only 'cosine' is implemented")
@@ -450,8 +476,6 @@ def _validate_choices(config):
 
 
 def _validate_files(config):
-    from utils.labels import read_label_csv  # local import: keeps this module free of project imports
-
     try:
         prompts = read_label_csv(config.DATA.LABEL_LIST)
     except (OSError, ValueError) as error:

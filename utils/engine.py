@@ -25,11 +25,15 @@ from utils import distributed
 from utils.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, save_checkpoint, training_state
 from utils.metrics import HEADS, evaluate_heads, head_scores
 from utils.plots import plot_confusion_matrix
-from utils.reporting import append_record, is_better, per_class_table, result_lines
+from utils.reporting import append_record, is_better, per_class_table, release_field, result_lines, \
+    write_predictions
+from utils.seeding import epoch_seed
 
 logger = logging.getLogger(__name__)
 
 CONFUSION_MATRIX_FILE = 'confusion_matrix.png'
+# Per-video predictions of the best epoch's test evaluation (utils.reporting.write_predictions).
+BEST_PREDICTIONS_FILE = 'best_test.predictions.csv'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -105,7 +109,8 @@ class Trainer:
     Attributes:
         config: the run's config.
         model: the model, DDP-wrapped under torchrun.
-        criterion: ``criterion(logits_global, logits_local, targets, epoch) -> (loss, parts)``.
+        criterion: ``criterion(targets, epoch, **outputs) -> (loss, parts)``, ``outputs`` the model's
+            output dict (``models.loss``).
         optimizer, scheduler, scaler: AdamW, timm's per-update scheduler, the gradient scaler.
         text_tokens: ``[K, 77]`` class-prompt tokens on ``device``.
         device: where the model runs.
@@ -130,14 +135,16 @@ class Trainer:
     num_updates: int = 0
 
 
-def accumulation_window(step, num_steps, accumulation_steps):
+def accumulation_window(step, num_steps, accumulation_steps, update_trailing):
     """(micro-steps in the window of ``step``, whether ``step`` ends it and updates the weights).
 
-    Windows hold ``accumulation_steps`` micro-steps; the last one of an epoch may be shorter (a
-    trailing partial accumulation still updates, with its loss averaged over its own length).
+    Windows hold ``accumulation_steps`` micro-steps; the last one of an epoch may be shorter. With
+    ``update_trailing`` (``TRAIN.TRAILING_MICRO_BATCHES update``) that partial window updates, its loss
+    averaged over its own length; otherwise it never updates and its gradient is discarded, as the
+    release did.
     """
     window_start = step - step % accumulation_steps
-    window_size = min(accumulation_steps, num_steps - window_start)
+    window_size = min(accumulation_steps, num_steps - window_start) if update_trailing else accumulation_steps
     return window_size, step == window_start + window_size - 1
 
 
@@ -158,9 +165,8 @@ def forward_backward(trainer, batch, epoch, window_size, is_update):
         else trainer.model.no_sync()
     with sync:
         with autocast(trainer.device, trainer.amp_dtype):
-            logits_global, logits_local, _ = trainer.model(videos, trainer.text_tokens)
-        logits_local = None if logits_local is None else logits_local.float()
-        loss, parts = trainer.criterion(logits_global.float(), logits_local, targets, epoch)
+            outputs = trainer.model(videos, trainer.text_tokens, return_details=True)
+        loss, parts = trainer.criterion(targets, epoch, **outputs)  # outside autocast: the loss in fp32
         trainer.scaler.scale(loss / window_size).backward()
     return loss.detach(), parts
 
@@ -245,8 +251,10 @@ def train_one_epoch(trainer, loader, epoch):
     trainer.model.train()
     trainer.optimizer.zero_grad(set_to_none=True)
     num_steps, meter, started = len(loader), LossMeter(trainer.device), time.time()
+    update_trailing = trainer.config.TRAIN.TRAILING_MICRO_BATCHES == 'update'
     for step, batch in enumerate(loader):
-        window_size, is_update = accumulation_window(step, num_steps, trainer.config.TRAIN.ACCUMULATION_STEPS)
+        window_size, is_update = accumulation_window(step, num_steps, trainer.config.TRAIN.ACCUMULATION_STEPS,
+                                                     update_trailing)
         loss, parts = forward_backward(trainer, batch, epoch, window_size, is_update)
         if is_update:
             optimizer_update(trainer)
@@ -254,6 +262,7 @@ def train_one_epoch(trainer, loader, epoch):
         if (step + 1) % trainer.config.PRINT_FREQ == 0 or step + 1 == num_steps:
             meter.raise_if_nonfinite(epoch, num_steps)
             log_progress(trainer, meter, epoch, step, num_steps, started)
+    trainer.optimizer.zero_grad(set_to_none=True)  # a dropped trailing window's gradient
     means = {name: distributed.all_reduce_mean(total / max(meter.count, 1)).item()
              for name, total in meter.sums.items()}
     logger.info('epoch %d trained in %s: %s', epoch, datetime.timedelta(seconds=int(time.time() - started)),
@@ -294,7 +303,9 @@ class Evaluation:
 
 def predict(model, loader, text_tokens, config, device, amp_dtype, frame_generator=None):
     """Per-video head scores, labels and list indices of this process's share of ``loader``."""
-    collected = {name: [] for name in ('labels', 'indices')}
+    # every name from the start: a process without any video (more processes than videos) still gathers
+    heads = HEADS if config.MODEL.USE_LOCAL else HEADS[:1]
+    collected = {name: [] for name in ('labels', 'indices', *heads)}
     for batch in loader:
         videos = batch['videos']  # [B, V, T, 3, H, W] uint8
         num_views = videos.shape[1]
@@ -306,7 +317,7 @@ def predict(model, loader, text_tokens, config, device, amp_dtype, frame_generat
         with autocast(device, amp_dtype):
             logits_global, logits_local, _ = model(videos, text_tokens)
         for head, scores in head_scores(logits_global, logits_local, num_views).items():
-            collected.setdefault(head, []).append(scores)
+            collected[head].append(scores)
         # non_blocking: a plain copy from (pinned) host memory would wait for the device here
         collected['labels'].append(batch['labels'].to(device, non_blocking=True))
         collected['indices'].append(batch['indices'].to(device, non_blocking=True))
@@ -314,16 +325,15 @@ def predict(model, loader, text_tokens, config, device, amp_dtype, frame_generat
 
 
 def _concatenate(collected, config, device):
-    # A process may hold no video at all (more processes than videos): it still joins the gather.
-    heads = HEADS if config.MODEL.USE_LOCAL else HEADS[:1]
-    empty = {'labels': torch.zeros(0, dtype=torch.long, device=device)}
-    empty.update({head: torch.zeros(0, config.DATA.NUM_CLASSES, device=device) for head in heads})
-    empty['indices'] = empty['labels']
-    return {name: torch.cat(parts) if parts else empty[name] for name, parts in collected.items()}
+    def empty(name):  # a process without any video
+        shape = (0,) if name in ('labels', 'indices') else (0, config.DATA.NUM_CLASSES)
+        return torch.zeros(shape, dtype=torch.long if len(shape) == 1 else torch.float32, device=device)
+
+    return {name: torch.cat(parts) if parts else empty(name) for name, parts in collected.items()}
 
 
 @torch.no_grad()
-def evaluate(model, loader, text_tokens, config, device, shuffled=False):
+def evaluate(model, loader, text_tokens, config, device, amp_dtype, shuffled=False):
     """Multi-view evaluation of the global, local and fused heads over all processes.
 
     Args:
@@ -332,7 +342,8 @@ def evaluate(model, loader, text_tokens, config, device, shuffled=False):
             ``indices``; each process holds its own share of the list.
         text_tokens: ``[K, 77]`` on ``device``.
         config: the run's config.
-        device: where the model runs (autocast as ``TRAIN.OPT_LEVEL`` says).
+        device: where the model runs.
+        amp_dtype: autocast dtype or None (fp32): the trainer's, or :func:`resolve_amp_dtype`'s.
         shuffled: permute the frames of every clip (seeded by ``SEED``) before the model sees them.
 
     Returns:
@@ -341,14 +352,14 @@ def evaluate(model, loader, text_tokens, config, device, shuffled=False):
     model = distributed.unwrap_model(model)
     model.eval()
     generator = torch.Generator().manual_seed(config.SEED) if shuffled else None
-    amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, device)
     collected = predict(model, loader, text_tokens, config, device, amp_dtype, generator)
     indices = collected.pop('indices')
     gathered, indices = distributed.gather_predictions(collected, indices)
     gathered = {name: value.cpu() for name, value in gathered.items()}
     labels = gathered.pop('labels')
-    heads = evaluate_heads(gathered, labels, config.DATA.NUM_CLASSES)
-    return Evaluation(heads=heads, scores=gathered, labels=labels, indices=indices.cpu())
+    indices = indices.cpu()
+    heads = evaluate_heads(gathered, labels, config.DATA.NUM_CLASSES, indices, config.TEST.RELEASE_UAR_SHARDS)
+    return Evaluation(heads=heads, scores=gathered, labels=labels, indices=indices)
 
 
 def log_evaluation(heads, class_names, title, prefix='RESULT', suffix=''):
@@ -362,7 +373,8 @@ def evaluate_and_log(model, loader, text_tokens, class_names, config, device):
     """Evaluate a trained model on ``loader`` (frames shuffled with ``TEST.SHUFFLE_FRAMES``) and log its
     per-class table and RESULT lines: ``main.py --only_test`` and ``scripts/eval.py``."""
     shuffled = config.TEST.SHUFFLE_FRAMES
-    evaluation = evaluate(model, loader, text_tokens, config, device, shuffled=shuffled)
+    amp_dtype = resolve_amp_dtype(config.TRAIN.OPT_LEVEL, device)
+    evaluation = evaluate(model, loader, text_tokens, config, device, amp_dtype, shuffled=shuffled)
     views = f'{config.TEST.NUM_CLIP} clip(s) x {config.TEST.NUM_CROP} crop(s)'
     log_evaluation(evaluation.heads, class_names,
                    f'{len(evaluation.labels)} videos, {views}{", frames shuffled" if shuffled else ""}')
@@ -374,18 +386,19 @@ def evaluate_and_log(model, loader, text_tokens, class_names, config, device):
 # ----------------------------------------------------------------------------------------------------
 def start_loader_epoch(loader, epoch, seed):
     """Make the epoch's shuffling and augmentation a function of (seed, epoch), so that a resumed run
-    repeats them: the loader's generator orders the samples and seeds the epoch's new workers."""
+    repeats them: the sampler orders the samples by (SEED, epoch), the loader's generator seeds the
+    epoch's new workers."""
     if hasattr(loader.sampler, 'set_epoch'):
         loader.sampler.set_epoch(epoch)
     if loader.generator is not None:
-        loader.generator.manual_seed(seed + 1_000_003 * epoch)
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
 def evaluate_splits(trainer, test_loader, val_loader=None, shuffled=False):
     """Evaluate the test list and, if given, the validation split: ``{split: Evaluation}``."""
     splits = {'test': test_loader, 'val': val_loader}
     return {split: evaluate(trainer.model, loader, trainer.text_tokens, trainer.config, trainer.device,
-                            shuffled=shuffled)
+                            trainer.amp_dtype, shuffled=shuffled)
             for split, loader in splits.items() if loader is not None}
 
 
@@ -401,7 +414,7 @@ def record_training(trainer, epoch, losses):
 def record_evaluation(config, writer, epoch, split, evaluation, class_names):
     """Log one evaluation, append it to metrics.jsonl and write its TensorBoard scalars (rank 0)."""
     summary = ' | '.join(f'{head} UAR {report["UAR"]:.2f} WAR {report["WAR"]:.2f}'
-                         for head, report in evaluation.heads.items())
+                         f'{release_field(report, " ")}' for head, report in evaluation.heads.items())
     logger.info('Epoch %d %s (%d videos): %s', epoch, split, len(evaluation.labels), summary)
     if not distributed.is_main_process():
         return
@@ -410,8 +423,9 @@ def record_evaluation(config, writer, epoch, split, evaluation, class_names):
                                   'heads': evaluation.heads})
     if writer is not None:
         for head, report in evaluation.heads.items():
-            for metric in ('UAR', 'WAR'):
-                writer.add_scalar(f'{split}/{head}/{metric}', report[metric], epoch)
+            for metric in ('UAR', 'WAR', 'UAR_release'):
+                if metric in report:
+                    writer.add_scalar(f'{split}/{head}/{metric}', report[metric], epoch)
 
 
 def update_results(results, epoch, evaluations, config):
@@ -433,12 +447,24 @@ def update_results(results, epoch, evaluations, config):
     return False
 
 
-def save_epoch(trainer, epoch, results, improved):
-    """Write best.pth (and the best epoch's confusion matrix) when the epoch improved, then last.pth
-    every ``SAVE_FREQ`` epochs and after the final one.
+def save_best_test_outputs(trainer, epoch, results, test_evaluation, test_entries):
+    """The best epoch's confusion matrix picture and per-video predictions (rank 0), rewritten whenever
+    the best epoch changes."""
+    if not distributed.is_main_process():
+        return
+    output = trainer.config.OUTPUT
+    plot_confusion_matrix(results['best']['heads']['global']['confusion_matrix'], trainer.class_names,
+                          os.path.join(output, CONFUSION_MATRIX_FILE), f'global head, best epoch {epoch}')
+    write_predictions(os.path.join(output, BEST_PREDICTIONS_FILE), test_evaluation, test_entries,
+                      trainer.class_names)
 
-    best.pth goes first: a run killed between the two files resumes from the previous last.pth and
-    repeats this epoch, whereas the other order would leave a last.pth whose best epoch is not the
+
+def save_epoch(trainer, epoch, results, improved, test_evaluation, test_entries):
+    """Write best.pth and the best epoch's test outputs when the epoch improved, then last.pth every
+    ``SAVE_FREQ`` epochs and after the final one.
+
+    The best epoch's files go first: a run killed before last.pth resumes from the previous last.pth
+    and repeats this epoch, whereas the other order would leave a last.pth whose best epoch is not the
     one in best.pth.
     """
     config = trainer.config
@@ -450,10 +476,7 @@ def save_epoch(trainer, epoch, results, improved):
                            trainer.num_updates, results, config)
     if improved:
         save_checkpoint(state, os.path.join(config.OUTPUT, BEST_CHECKPOINT))
-        if distributed.is_main_process():
-            plot_confusion_matrix(results['best']['heads']['global']['confusion_matrix'], trainer.class_names,
-                                  os.path.join(config.OUTPUT, CONFUSION_MATRIX_FILE),
-                                  f'global head, best epoch {epoch}')
+        save_best_test_outputs(trainer, epoch, results, test_evaluation, test_entries)
     if save_last:
         save_checkpoint(state, os.path.join(config.OUTPUT, LAST_CHECKPOINT))
 
@@ -482,5 +505,5 @@ def fit(trainer, loaders, start_epoch, results):
         best = results['best']
         logger.info('best so far: epoch %d (%s %s of the global head %.2f)', best['epoch'],
                     best['selection']['split'], best['selection']['metric'], best['selection']['value'])
-        save_epoch(trainer, epoch, results, improved)
+        save_epoch(trainer, epoch, results, improved, evaluations['test'], loaders.test.dataset.entries)
     return results

@@ -10,11 +10,13 @@
   presence marks a finished run (``scripts/run_folds.py`` skips such folds); ``best`` and ``last`` hold
   the epoch and the test figures of each head at that epoch.
 """
+import csv
 import json
 import os
 
 from utils.errors import UserError
 from utils.files import atomic_write
+from utils.metrics import HEADS
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -86,10 +88,43 @@ def is_better(candidate, best, metric):
     return best is None or candidate[metric] > best[metric]
 
 
+def release_field(report, separator='='):
+    """`` UAR_release=63.29`` for a report that has the release's UAR, else ''."""
+    value = report.get('UAR_release')
+    return '' if value is None else f' UAR_release{separator}{value:.2f}'
+
+
 def result_lines(heads, prefix='RESULT', suffix=''):
-    """Grep-able lines ``RESULT head=global UAR=64.95 WAR=75.41``, one per head of ``heads``."""
-    return [f'{prefix} head={head} UAR={report["UAR"]:.2f} WAR={report["WAR"]:.2f}{suffix}'
-            for head, report in heads.items()]
+    """Grep-able lines ``RESULT head=global UAR=64.95 WAR=75.41 UAR_release=64.90``, one per head."""
+    return [f'{prefix} head={head} UAR={report["UAR"]:.2f} WAR={report["WAR"]:.2f}{release_field(report)}'
+            f'{suffix}' for head, report in heads.items()]
+
+
+def write_predictions(path, evaluation, entries, class_names):
+    """Write one CSV row per video of an evaluation, in list order, atomically.
+
+    Columns: ``index`` (position in the list), ``path``, ``label``, ``pred_global``, ``pred_local``,
+    ``pred_fused`` (class indices; empty without a local head), then ``prob_<class>``: the global head's
+    probabilities (softmax averaged over the test views).
+
+    Args:
+        path: the CSV file.
+        evaluation: a ``utils.engine.Evaluation`` (``scores``, ``labels``, ``indices``).
+        entries: the evaluated dataset's entries (``loader.dataset.entries``), for the paths.
+        class_names: K names, for the probability columns.
+    """
+    predictions = {head: scores.argmax(dim=1).tolist() for head, scores in evaluation.scores.items()}
+    global_scores = evaluation.scores['global']
+    probabilities = (global_scores / global_scores.sum(dim=1, keepdim=True)).tolist()
+    header = (['index', 'path', 'label'] + [f'pred_{head}' for head in HEADS]
+              + [f'prob_{name}' for name in class_names])
+    with atomic_write(path, 'w') as f:
+        writer = csv.writer(f, lineterminator='\n')
+        writer.writerow(header)
+        for row, (index, label) in enumerate(zip(evaluation.indices.tolist(), evaluation.labels.tolist())):
+            heads = [predictions[head][row] if head in predictions else '' for head in HEADS]
+            writer.writerow([index, entries[index].path, label, *heads,
+                             *(f'{value:.6f}' for value in probabilities[row])])
 
 
 def format_recall(value):
