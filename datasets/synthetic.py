@@ -19,7 +19,7 @@ Layout of ``DATA.ROOT`` (the demo config sets ``DATA.ROOT: data/synthetic`` and 
     .synthetic.lock           held by the one process that generates or checks the dataset at a time
 
 Only the format the lists use is written (writing both costs time for no use; docs/performance.md,
-section 4.12), and changing any setting (FORMAT included) regenerates the dataset anyway.
+"Synthetic dataset generation"), and changing any setting (FORMAT included) regenerates the dataset anyway.
 
 Processes that start together on the same ``DATA.ROOT`` (torchrun agents, the jobs of a campaign)
 generate it once: one holds the lock file while the others wait, then find it complete. Readers never
@@ -76,7 +76,7 @@ NON_DRAWING_KEYS = ('GENERATE', 'FOLD')
 VIDEO_FPS = 8
 JPEG_QUALITY = 95
 # Clips drawn at once: small arrays are recycled by the allocator instead of being mapped afresh
-# (larger chunks were slower per clip; docs/performance.md, section 4.12).
+# (larger chunks were slower per clip; docs/performance.md, "Synthetic dataset generation").
 CHUNK_CLIPS = 8
 # Folder of each storage format (DATA.SYNTHETIC.FORMAT) under DATA.ROOT.
 STORAGE_FOLDERS = {'frames': 'frames', 'video': 'videos'}

@@ -11,7 +11,7 @@ on whichever of the crop and the output has fewer pixels.
 Colour jitter and greyscale run through OpenCV on a zero-copy view of the clip (``[T * h, w, 3]``,
 the frames stacked into one tall image, which is exact for these per-pixel operations): torchvision's
 uint8 colour functions convert to float and back for every operation, too slow for a data-loader worker
-(docs/performance.md, section 4.11). The operations follow torchvision's
+(docs/performance.md, "Data pipeline"). The operations follow torchvision's
 ``ColorJitter`` semantics (factor ranges, random order, clamping after each operation, per-frame
 contrast mean; results within 1 level, hue within 3, of torchvision's); normalisation happens on the
 device (``utils.engine.normalize_videos``).

@@ -95,7 +95,7 @@ def build_optimizer(config, model):
 
     The fused implementation (one pass per parameter tensor instead of several) is used when every
     parameter is on CUDA or on the CPU: the same arithmetic, several times faster (docs/performance.md,
-    section 4.10).
+    "Fused AdamW on the CPU and the GPU").
     """
     groups = build_param_groups(model, config)
     parameters = [parameter for group in groups for parameter in group['params']]
