@@ -142,8 +142,7 @@ def write_results(path, args, config, checkpoint, evaluation, class_names):
               'views': {'clips': config.TEST.NUM_CLIP, 'crops': config.TEST.NUM_CROP},
               'frames_shuffled': config.TEST.SHUFFLE_FRAMES, 'class_names': class_names,
               'heads': evaluation.heads}
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    write_json(path, result)
+    write_json(path, result)  # creates the folder
     title = os.path.basename(args.checkpoint) if args.checkpoint else 'zero-shot CLIP'
     pictures = save_evaluation_plots(evaluation.heads, class_names, os.path.splitext(path)[0], title)
     logger.info('written %s and %s', path, ', '.join(pictures))

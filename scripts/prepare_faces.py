@@ -42,6 +42,7 @@ from datasets.faces import (NoFaceError, add_face_arguments, build_face_detector
 from datasets.preparation import VIDEO_EXTENSIONS, ListRow, PreparationError, class_count_table, class_index, write_list
 from utils.config import ConfigError
 from utils.errors import InputFileError, run_command
+from utils.files import partial_path
 
 COMMAND_LINE = 'command line'
 # JPEG quality of the written crops.
@@ -165,7 +166,7 @@ class VideoResult:
 def write_crops(video, track, folder, size):
     """Write the crops of every frame with a face into ``folder`` (replaced when it exists, and only once
     complete, so an interrupted run leaves no half-written folder under the final name)."""
-    partial = os.path.join(os.path.dirname(folder), f'.{os.path.basename(folder)}.{os.getpid()}.partial')
+    partial = partial_path(folder)
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     try:
